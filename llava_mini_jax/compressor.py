@@ -1,0 +1,88 @@
+"""The query-based compressor: Q = C*C learned queries cross-attend to the (unprojected) CLIP patches.
+
+One `nn.MultiheadAttention`-style layer (SPEC A §3): queries `LN_q(query) + pos_embed`, keys
+`LN_kv(x) + key_pos_embed`, values `LN_kv(x)` (no pos-embed), 8 heads, biased q/k/v and out
+projections. `pos_embed` is the fixed 2-D sin-cos table (never trained: `stop_gradient`); for a
+key grid of side s != C it is resized to s x s with torch-compatible bicubic. The width is the
+vision width (library decision D1; the reference hard-codes 1024).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from .interpolate import resize_grid_bicubic
+from .layers import dense, layer_norm
+
+Dtype = Any
+
+
+def sincos_pos_embed(dim: int, size: int) -> np.ndarray:
+    """`[size*size, dim]` float32; row `y*size + x` is `[sin(x w), cos(x w), sin(y w), cos(y w)]`
+    with `w_k = 10000^(-k / (dim/4))`, k < dim/4. The first half encodes the column x (SPEC Q16)."""
+    if dim % 4:
+        raise ValueError(f"sin-cos pos-embed width {dim} must be divisible by 4")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+    ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
+    x = xs.reshape(-1)[:, None] * omega[None]
+    y = ys.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class Compressor(nn.Module):
+    """`x [B, K, d]` (K = s*s patches, row-major) -> `(out [B, Q, d], attn [B, Q, K])`.
+
+    `attn` is the softmax weights averaged over heads, float32: the compression map users plot
+    (also sown as `intermediates/compressor_attn`).
+    """
+
+    width: int
+    size: int
+    num_heads: int = 8
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray):
+        b, k, d = x.shape
+        if d != self.width:
+            raise ValueError(f"compressor input width {d} != compressor width {self.width}")
+        side = math.isqrt(k)
+        if side * side != k:
+            raise ValueError(f"compressor input has {k} tokens, not a square grid (mm_vision_select_feature must be "
+                             "'patch')")
+        q_count, hd = self.size * self.size, d // self.num_heads
+        names = ("queries", "vision_embed")
+        query = self.param("query", nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
+                           (q_count, d), self.param_dtype)
+        table = sincos_pos_embed(d, self.size)
+        pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
+            lambda *_: jnp.asarray(table, self.param_dtype), names), (q_count, d), self.param_dtype)
+        pos_embed = jax.lax.stop_gradient(pos_embed).astype(jnp.float32)
+        key_pos = resize_grid_bicubic(pos_embed.reshape(self.size, self.size, d), side).reshape(k, d)
+
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kv = layer_norm(self.eps, name="ln_kv", **kw)(x)
+        q = layer_norm(self.eps, name="ln_q", **kw)(query)
+        bound = math.sqrt(6.0 / (4 * d))  # xavier-uniform of the packed [3d, d] in_proj
+        init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        heads = ("vision_embed", "vision_heads", "head_dim")
+        proj = lambda name: dense((self.num_heads, hd), heads, use_bias=True, bias_names=heads[1:],  # noqa: E731
+                                  kernel_init=init, name=name, **kw)
+        qp = proj("q_proj")(q + pos_embed.astype(self.dtype))  # [Q, h, hd]
+        kp = proj("k_proj")(kv + key_pos.astype(self.dtype))  # [B, K, h, hd]
+        vp = proj("v_proj")(kv)
+        logits = jnp.einsum("qhe,bkhe->bhqk", qp, kp, preferred_element_type=jnp.float32) * (hd ** -0.5)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp)
+        out = dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
+                    bias_names=("vision_embed",), name="out_proj", **kw)(out)
+        attn = weights.mean(axis=1)
+        self.sow("intermediates", "compressor_attn", attn)
+        return out, attn

@@ -1,0 +1,269 @@
+"""The map between HF PyTorch tensor names/layouts and this library's parameter tree.
+
+One table (`weight_rules`) serves loading, both conversion directions and `init_from_parts`.
+Each rule ties one HF tensor to one or more JAX leaves with an exact (transpose/reshape/split)
+transform each way, so conversions round-trip bit for bit. Layered rules expand per layer index:
+scanned params stack layers on a leading axis under `.../layers`, unscanned ones use
+`.../layers_{i}`.
+
+Layouts: HF `Linear.weight` is `[out, in]`; ours is `[in, out]`, with attention projections split
+per head: q `[D, H, hd]`, o `[H, hd, D]`. The compressor's packed `in_proj_weight [3d, d]` is three
+kernels `q_proj/k_proj/v_proj [d, 8, d/8]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from .config import LlavaMiniConfig, projector_layers
+
+Path = tuple[str, ...]
+
+CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightRule:
+    """HF tensor `hf_name` (with `{i}` for the layer) <-> JAX leaves `paths` under `stack`.
+
+    `to_jax(hf_array) -> tuple of arrays` (one per path); `to_hf(tuple of arrays) -> hf_array`.
+    `stack`/`num_layers` are set for per-layer tensors.
+    """
+
+    hf_name: str
+    paths: tuple[Path, ...]
+    to_jax: Callable[[np.ndarray], tuple]
+    to_hf: Callable[[tuple], np.ndarray]
+    stack: Optional[Path] = None
+    num_layers: int = 0
+
+
+def _same(path: Path) -> tuple:
+    return ((path,), lambda a: (a,), lambda t: t[0])
+
+
+def _linear_t(path: Path) -> tuple:
+    """HF `[out, in]` <-> ours `[in, out]`."""
+    return ((path,), lambda a: (np.ascontiguousarray(a.T),), lambda t: np.ascontiguousarray(t[0].T))
+
+
+def _heads_in(path: Path, heads: int) -> tuple:
+    """HF `[heads*hd, in]` <-> ours `[in, heads, hd]`."""
+    def to_jax(a):
+        return (np.ascontiguousarray(a.T).reshape(a.shape[1], heads, a.shape[0] // heads),)
+
+    def to_hf(t):
+        k = t[0]
+        return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
+    return ((path,), to_jax, to_hf)
+
+
+def _heads_bias(path: Path, heads: int) -> tuple:
+    """HF `[heads*hd]` <-> ours `[heads, hd]`."""
+    return ((path,), lambda a: (a.reshape(heads, -1),), lambda t: t[0].reshape(-1))
+
+
+def _heads_out(path: Path, heads: int) -> tuple:
+    """HF `[out, heads*hd]` <-> ours `[heads, hd, out]`."""
+    def to_jax(a):
+        return (np.ascontiguousarray(a.T).reshape(heads, a.shape[1] // heads, a.shape[0]),)
+
+    def to_hf(t):
+        k = t[0]
+        return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
+    return ((path,), to_jax, to_hf)
+
+
+def _packed_in_proj(heads: int) -> tuple:
+    """`in_proj_weight [3d, d]` <-> `q_proj/k_proj/v_proj` kernels `[d, heads, d/heads]`."""
+    paths = tuple((n, "kernel") for n in ("q_proj", "k_proj", "v_proj"))
+
+    def to_jax(a):
+        d = a.shape[1]
+        return tuple(np.ascontiguousarray(a[j * d:(j + 1) * d].T).reshape(d, heads, d // heads) for j in range(3))
+
+    def to_hf(t):
+        return np.ascontiguousarray(np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
+    return (paths, to_jax, to_hf)
+
+
+def _packed_in_bias(heads: int) -> tuple:
+    paths = tuple((n, "bias") for n in ("q_proj", "k_proj", "v_proj"))
+
+    def to_jax(a):
+        d = a.shape[0] // 3
+        return tuple(a[j * d:(j + 1) * d].reshape(heads, -1) for j in range(3))
+
+    def to_hf(t):
+        return np.concatenate([b.reshape(-1) for b in t])
+    return (paths, to_jax, to_hf)
+
+
+def _rule(hf_name, spec, prefix: Path = (), stack: Optional[Path] = None, num_layers: int = 0) -> WeightRule:
+    paths, to_jax, to_hf = spec
+    paths = tuple(prefix + path for path in paths)
+    return WeightRule(hf_name, paths, to_jax, to_hf, stack, num_layers)
+
+
+def _llama_layer_rules(hf_prefix: str, stack: Path, n: int, heads: int, kv_heads: int) -> list[WeightRule]:
+    specs = {
+        "input_layernorm.weight": _same(("input_layernorm", "scale")),
+        "post_attention_layernorm.weight": _same(("post_attention_layernorm", "scale")),
+        "self_attn.q_proj.weight": _heads_in(("self_attn", "q_proj", "kernel"), heads),
+        "self_attn.k_proj.weight": _heads_in(("self_attn", "k_proj", "kernel"), kv_heads),
+        "self_attn.v_proj.weight": _heads_in(("self_attn", "v_proj", "kernel"), kv_heads),
+        "self_attn.o_proj.weight": _heads_out(("self_attn", "o_proj", "kernel"), heads),
+        "mlp.gate_proj.weight": _linear_t(("mlp", "gate_proj", "kernel")),
+        "mlp.up_proj.weight": _linear_t(("mlp", "up_proj", "kernel")),
+        "mlp.down_proj.weight": _linear_t(("mlp", "down_proj", "kernel")),
+    }
+    return [_rule(f"{hf_prefix}.{{i}}.{k}", s, stack=stack, num_layers=n) for k, s in specs.items()]
+
+
+def _clip_rules(cfg: LlavaMiniConfig) -> list[WeightRule]:
+    v = cfg.vision
+    top: Path = ("vision_tower",)
+    rules = [
+        _rule(CLIP_PREFIX + "embeddings.class_embedding", _same(("class_embedding",)), top),
+        _rule(CLIP_PREFIX + "embeddings.patch_embedding.weight",
+              ((("patch_embedding",),), lambda a: (np.ascontiguousarray(a.transpose(1, 2, 3, 0)),),
+               lambda t: np.ascontiguousarray(t[0].transpose(3, 0, 1, 2))), top),
+        _rule(CLIP_PREFIX + "embeddings.position_embedding.weight", _same(("position_embedding",)), top),
+    ]
+    for ln in ("pre_layrnorm", "post_layernorm"):
+        rules += [_rule(CLIP_PREFIX + f"{ln}.weight", _same((ln, "scale")), top),
+                  _rule(CLIP_PREFIX + f"{ln}.bias", _same((ln, "bias")), top)]
+    specs = {
+        "layer_norm1.weight": _same(("layer_norm1", "scale")),
+        "layer_norm1.bias": _same(("layer_norm1", "bias")),
+        "layer_norm2.weight": _same(("layer_norm2", "scale")),
+        "layer_norm2.bias": _same(("layer_norm2", "bias")),
+        "mlp.fc1.weight": _linear_t(("fc1", "kernel")),
+        "mlp.fc1.bias": _same(("fc1", "bias")),
+        "mlp.fc2.weight": _linear_t(("fc2", "kernel")),
+        "mlp.fc2.bias": _same(("fc2", "bias")),
+        "self_attn.out_proj.weight": _heads_out(("out_proj", "kernel"), v.num_heads),
+        "self_attn.out_proj.bias": _same(("out_proj", "bias")),
+    }
+    for n in ("q_proj", "k_proj", "v_proj"):
+        specs[f"self_attn.{n}.weight"] = _heads_in((n, "kernel"), v.num_heads)
+        specs[f"self_attn.{n}.bias"] = _heads_bias((n, "bias"), v.num_heads)
+    rules += [_rule(CLIP_PREFIX + f"encoder.layers.{{i}}.{k}", s, stack=top, num_layers=v.num_layers)
+              for k, s in specs.items()]
+    return rules
+
+
+def weight_rules(cfg: LlavaMiniConfig) -> list[WeightRule]:
+    """Every tensor of an HF LLaVA-Mini (or LLaVA-v1.5) checkpoint and where it lives in our params."""
+    llm = cfg.llm
+    rules = [_rule("model.embed_tokens.weight", _same(("llm", "embed_tokens", "embedding")))]
+    rules += _llama_layer_rules("model.layers", ("llm", "decoder"), llm.num_layers, llm.num_heads, llm.num_kv_heads)
+    rules.append(_rule("model.norm.weight", _same(("llm", "norm", "scale"))))
+    if not llm.tie_word_embeddings:
+        rules.append(_rule("lm_head.weight", _linear_t(("llm", "lm_head"))))
+    k = projector_layers(cfg.projector_type)
+    for j in range(k):
+        hf = "model.mm_projector" if cfg.projector_type == "linear" else f"model.mm_projector.{2 * j}"
+        rules += [_rule(f"{hf}.weight", _linear_t(("mm_projector", f"linear_{j}", "kernel"))),
+                  _rule(f"{hf}.bias", _same(("mm_projector", f"linear_{j}", "bias")))]
+    if cfg.is_mini:
+        h, c = cfg.compressor_heads, ("compressor",)
+        rules += [
+            _rule("model.compressor.query", _same(("query",)), c),
+            _rule("model.compressor.pos_embed", _same(("pos_embed",)), c),
+            _rule("model.compressor.ln_q.weight", _same(("ln_q", "scale")), c),
+            _rule("model.compressor.ln_q.bias", _same(("ln_q", "bias")), c),
+            _rule("model.compressor.ln_kv.weight", _same(("ln_kv", "scale")), c),
+            _rule("model.compressor.ln_kv.bias", _same(("ln_kv", "bias")), c),
+            _rule("model.compressor.attn.in_proj_weight", _packed_in_proj(h), c),
+            _rule("model.compressor.attn.in_proj_bias", _packed_in_bias(h), c),
+            _rule("model.compressor.attn.out_proj.weight", _heads_out(("out_proj", "kernel"), h), c),
+            _rule("model.compressor.attn.out_proj.bias", _same(("out_proj", "bias")), c),
+        ]
+        rules += _llama_layer_rules("model.prefusion_layers", ("prefusion",), cfg.prefusion_layers, llm.num_heads,
+                                    llm.num_kv_heads)
+    rules += _clip_rules(cfg)
+    return rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where one HF tensor goes: `leaves[j]` is the full param path of `to_jax(x)[j]`; `layer` is the
+    index on the leading stacked axis (scanned layers) or None."""
+
+    hf_name: str
+    rule: WeightRule
+    leaves: tuple[Path, ...]
+    layer: Optional[int]
+
+
+def placements(cfg: LlavaMiniConfig, scan_layers: Optional[bool] = None) -> list[Placement]:
+    """Every HF tensor name with its destination, expanded over layers."""
+    scan = cfg.scan_layers if scan_layers is None else scan_layers
+    out = []
+    for r in weight_rules(cfg):
+        if r.stack is None:
+            out.append(Placement(r.hf_name, r, r.paths, None))
+            continue
+        for i in range(r.num_layers):
+            if scan:
+                leaves = tuple(r.stack + ("layers",) + p for p in r.paths)
+                out.append(Placement(r.hf_name.format(i=i), r, leaves, i))
+            else:
+                leaves = tuple(r.stack + (f"layers_{i}",) + p for p in r.paths)
+                out.append(Placement(r.hf_name.format(i=i), r, leaves, None))
+    return out
+
+
+def _get(tree: dict, path: Path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree: dict, path: Path, value) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def hf_to_params(read: Callable[[str], np.ndarray], cfg: LlavaMiniConfig, shapes: dict,
+                 dtype=None, scan_layers: Optional[bool] = None) -> dict:
+    """Builds the nested params dict (numpy) from `read(hf_name) -> array`, one tensor at a time.
+
+    `shapes` is the params tree of expected shapes (e.g. from `jax.eval_shape(model.init)`);
+    every tensor is checked against it. Stacked leaves are allocated once and filled per layer.
+    """
+    params: dict = {}
+    for pl in placements(cfg, scan_layers):
+        arrays = pl.rule.to_jax(read(pl.hf_name))
+        for leaf, a in zip(pl.leaves, arrays):
+            want = tuple(_get(shapes, leaf))
+            got = a.shape if pl.layer is None else (want[0],) + a.shape
+            if got != want:
+                raise ValueError(f"{pl.hf_name}: shape {a.shape} does not fit param {'/'.join(leaf)} of shape {want} "
+                                 "(does config.json match the weights?)")
+            a = a if dtype is None else a.astype(dtype)
+            if pl.layer is None:
+                _set(params, leaf, a)
+            else:
+                try:
+                    buf = _get(params, leaf)
+                except KeyError:
+                    buf = np.empty(want, a.dtype)
+                    _set(params, leaf, buf)
+                buf[pl.layer] = a
+    return params
+
+
+def params_to_hf(params: dict, cfg: LlavaMiniConfig, scan_layers: Optional[bool] = None) -> Iterator[tuple]:
+    """Yields `(hf_name, numpy array)` one tensor at a time (reference names and layouts)."""
+    for pl in placements(cfg, scan_layers):
+        parts = []
+        for leaf in pl.leaves:
+            a = _get(params, leaf)
+            a = a[pl.layer] if pl.layer is not None else a
+            parts.append(np.asarray(a))
+        yield pl.hf_name, pl.rule.to_hf(tuple(parts))

@@ -1,0 +1,263 @@
+"""LLaVA-Mini: CLIP -> compressor -> projector -> modality pre-fusion -> splice -> Llama.
+
+    images ──CLIP──► F [N, d] ─┬─► compressor ─► projector ─► c [Q, D] ─┐
+                               └─► projector ─► G [N, D] ───────────────┤ pre-fusion (4 Llama layers,
+    input_ids ──embed──► raw [L, D] ────────────────────────────────────┘ causal: image first, then text)
+                                                      │
+       fused text [L, D] + compressed c' [Q, D]  ◄────┘
+                                                      │
+    splice c' (Q*T tokens) at the -200 placeholder ──► Llama LLM ──► logits [L - 1 + Q*T, V]
+
+`mode="baseline"` (LLaVA-v1.5): no compressor, no pre-fusion; all projected patches are spliced
+into raw text embeddings. Methods (STYLE: small, named for what they do): `encode_images`,
+`embed_text`, `splice_inputs`, `__call__`, `prefill`, `decode_step`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from .clip import ClipVisionEncoder
+from .compressor import Compressor
+from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
+from .llama import DecoderStack, LlamaLM, causal_mask
+from .loss import mean_cross_entropy
+from .prefusion import prefusion_attention, prefusion_positions, stitch_tiles, text_key_mask
+from .projector import Projector
+from .splice import splice
+
+Dtype = Any
+
+
+@flax.struct.dataclass
+class LlavaMiniOutput:
+    """`logits [B, L', V]` float32; `attention_mask [B, L']` bool (True = real token: each row's
+    tokens first, padding after); `loss` mean CE over supervised tokens (None without labels);
+    `num_target_tokens` how many tokens the loss averaged; `labels [B, L']` the spliced labels."""
+
+    logits: jnp.ndarray
+    attention_mask: jnp.ndarray
+    loss: Optional[jnp.ndarray] = None
+    num_target_tokens: Optional[jnp.ndarray] = None
+    labels: Optional[jnp.ndarray] = None
+
+
+def _concrete(x) -> Optional[np.ndarray]:
+    """x as numpy when its value is known now (not traced), else None."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def validate_inputs(input_ids, attention_mask, images) -> None:
+    """Raises ValueError for what the model cannot do right (checked only on concrete values)."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    if images is not None:
+        if images.ndim not in (4, 5, 6):
+            raise ValueError(f"images must be [B, P, 3, H, W] or [B, T, P, 3, H, W], got shape {tuple(images.shape)}")
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"images hold {images.shape[0]} rows but input_ids {input_ids.shape[0]}: one entry per "
+                             "row (a row without placeholder ignores its entry)")
+    ids, mask = _concrete(input_ids), _concrete(attention_mask)
+    if ids is None:
+        return
+    real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+    if mask is not None:
+        prefix = np.arange(ids.shape[1])[None, :] < real.sum(1, keepdims=True)
+        bad = np.nonzero((prefix != real).any(1))[0]
+        if bad.size:
+            raise ValueError(f"attention_mask row {int(bad[0])} is not right-padded (real tokens must come first; "
+                             "left padding gives wrong results in the reference, library decision D4)")
+    count = ((ids == IMAGE_TOKEN_INDEX) & real).sum(1)
+    if images is None and count.any():
+        raise ValueError(f"row {int(np.argmax(count > 0))} holds an image placeholder (-200) but images=None")
+    if (count > 1).any():
+        b = int(np.argmax(count > 1))
+        raise ValueError(f"row {b} holds {int(count[b])} image placeholders (-200); at most one per row is "
+                         "supported (library decision D3)")
+
+
+class LlavaMini(nn.Module):
+    """The LLaVA-Mini model (or LLaVA-v1.5 with `config.mode="baseline"`).
+
+    `dtype` is the compute dtype, `param_dtype` the parameter dtype; logits, softmax statistics,
+    norms and the loss are float32 whatever they are.
+    """
+
+    config: LlavaMiniConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.vision_tower = ClipVisionEncoder(cfg.vision, cfg.scan_layers, **kw)
+        self.mm_projector = Projector(cfg.projector_type, cfg.llm.hidden_size, **kw)
+        self.llm = LlamaLM(cfg.llm, cfg.scan_layers, cfg.remat_policy, **kw)
+        if cfg.is_mini:
+            self.compressor = Compressor(cfg.vision.hidden_size, cfg.compressor_size, cfg.compressor_heads, **kw)
+            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, cfg.scan_layers, cfg.remat_policy, **kw)
+
+    # -- text -------------------------------------------------------------------------------------
+    def embed_text(self, input_ids: jnp.ndarray) -> jnp.ndarray:
+        """Raw token embeddings `[B, L, D]` (negative ids look up row 0)."""
+        return self.llm.embed(input_ids)
+
+    # -- vision -----------------------------------------------------------------------------------
+    def vision_features(self, pixels: jnp.ndarray) -> jnp.ndarray:
+        """Frozen CLIP: `[n, 3, H, W] -> [n, N, d]` (`[n, N+1, d]` for `cls_patch`), no gradient."""
+        h = self.vision_tower(pixels, self.config.num_vision_layers_used)
+        if self.config.vision_select_feature == "patch":
+            h = h[:, 1:]
+        self.sow("intermediates", "clip_features", h)
+        return jax.lax.stop_gradient(h)
+
+    def encode_frames(self, frames: jnp.ndarray, raw: jnp.ndarray, text_mask: jnp.ndarray):
+        """One pre-fusion pass per frame. frames `[n, P, 3, H, W]` (P = 1, or r*r tiles + global),
+        raw `[n, L, D]` text embeddings, text_mask `[n, L]` -> `(compressed [n, Q, D], fused [n, L, D])`."""
+        n, parts = frames.shape[:2]
+        feats = self.vision_features(frames.reshape((n * parts,) + frames.shape[2:]))
+        feats = feats.reshape((n, parts) + feats.shape[1:])
+        glob = feats[:, -1]
+        projected_global = self.mm_projector(glob)
+        if parts == 1:
+            comp_in, prefix = glob, [projected_global]
+        else:
+            r = math.isqrt(parts - 1)
+            if r * r + 1 != parts:
+                raise ValueError(f"HD images have {parts} parts; expected r*r tiles + 1 global view")
+            comp_in = stitch_tiles(feats[:, :-1], r)
+            prefix = [self.mm_projector(comp_in), projected_global]
+        compressed, _ = self.compressor(comp_in)
+        compressed = self.mm_projector(compressed)
+        x = jnp.concatenate(prefix + [compressed, raw.astype(self.dtype)], axis=1)
+        num_image = x.shape[1] - raw.shape[1]
+        positions, key_mask = prefusion_positions(num_image, text_mask)
+        self.sow("intermediates", "prefusion_x", x)
+        out, _ = self.prefusion(x, positions, prefusion_attention(key_mask))
+        q = compressed.shape[1]
+        fused = jnp.where(text_mask[..., None], raw.astype(out.dtype), out[:, num_image:])
+        return out[:, num_image - q:num_image], fused
+
+    def _encode_video_chunks(self, video, raw, text_mask):
+        """video `[B, T, P, 3, H, W]` in chunks of `video_chunk_size` frames (all rows at once) ->
+        `(tokens [B, T*Q, D], mean fused text [B, L, D] float32)`. Chunking changes nothing numerically."""
+        b, t = video.shape[:2]
+        c = min(self.config.video_chunk_size, t)
+        chunks = -(-t // c)
+        pad = chunks * c - t
+        video = jnp.pad(video, [(0, 0), (0, pad)] + [(0, 0)] * (video.ndim - 2))
+        video = video.reshape((b, chunks, c) + video.shape[2:]).swapaxes(0, 1)
+        valid = (jnp.arange(chunks * c) < t).reshape(chunks, c).astype(jnp.float32)
+
+        def step(mdl, text_sum, xs, raw, text_mask):
+            frames, ok = xs
+            rep = lambda a: jnp.repeat(a, c, axis=0)  # noqa: E731  rows b-major, frames inner
+            comp, fused = mdl.encode_frames(frames.reshape((b * c,) + frames.shape[2:]), rep(raw), rep(text_mask))
+            fused = fused.reshape((b, c) + fused.shape[1:]).astype(jnp.float32) * ok[None, :, None, None]
+            return text_sum + fused.sum(axis=1), comp.reshape((b, c) + comp.shape[1:])
+
+        text_sum = jnp.zeros(raw.shape, jnp.float32)
+        if chunks == 1:
+            text_sum, comps = step(self, text_sum, (video[0], valid[0]), raw, text_mask)
+            comps = comps[None]
+        else:
+            scan = nn.scan(step, variable_broadcast="params", variable_axes={"intermediates": 0},
+                           split_rngs={"params": False}, in_axes=(0, nn.broadcast, nn.broadcast))
+            text_sum, comps = scan(self, text_sum, (video, valid), raw, text_mask)
+        comps = comps.swapaxes(0, 1).reshape((b, chunks * c) + comps.shape[3:])[:, :t]
+        return comps.reshape(b, -1, comps.shape[-1]), text_sum / t
+
+    def encode_images(self, images, input_ids, attention_mask=None, labels=None):
+        """images `[B, P, 3, H, W]` or video `[B, T, P, 3, H, W]`, input_ids `[B, L]` ->
+        `(vision tokens [B, M, D], text features [B, L, D])`.
+
+        LLaVA-Mini: M = Q*T compressed tokens after pre-fusion (frame-major) and the fused text
+        (the float32 mean over frames for video, SPEC A §6; gradients flow, library decision D6).
+        Baseline: M = T*P*N projected patches and the raw text embeddings (with gradient).
+        """
+        del attention_mask  # the pre-fusion masks from ids, not from attention_mask (SPEC Q3)
+        images = jnp.asarray(images)
+        if images.ndim == 4:
+            images = images[:, None]
+        b = images.shape[0]
+        if not self.config.is_mini:
+            feats = self.vision_features(images.reshape((-1,) + images.shape[-3:]))
+            tokens = self.mm_projector(feats).reshape(b, -1, self.config.llm.hidden_size)
+            return tokens, self.embed_text(input_ids)
+        raw = jax.lax.stop_gradient(self.embed_text(input_ids))  # SPEC Q5: no gradient to embed_tokens
+        text_mask = text_key_mask(input_ids, labels)
+        if images.ndim == 5:
+            return self.encode_frames(images, raw, text_mask)
+        tokens, text = self._encode_video_chunks(images, raw, text_mask)
+        return tokens, text.astype(raw.dtype)
+
+    # -- LLM --------------------------------------------------------------------------------------
+    def splice_inputs(self, input_ids, attention_mask, images, labels=None):
+        """`(embeds [B, L', D], mask [B, L'] bool, labels [B, L'])` for the LLM: vision tokens at
+        each row's placeholder, or plain embeddings when `images is None` (L' = L)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if images is None:
+            if labels is None:
+                labels = jnp.full(input_ids.shape, -100, jnp.int32)
+            return self.embed_text(input_ids), attention_mask.astype(bool), labels
+        vision, text = self.encode_images(images, input_ids, attention_mask, labels)
+        return splice(text, vision, input_ids, attention_mask, labels, self.config.max_length)
+
+    def __call__(self, input_ids, attention_mask=None, images=None, labels=None) -> LlavaMiniOutput:
+        """input_ids `[B, L]` (right-padded, at most one -200 per row), attention_mask `[B, L]`,
+        images `[B, P, 3, H, W]` / `[B, T, P, 3, H, W]` / None, labels `[B, L]` (-100 ignored) or None.
+        L' = min(L - 1 + Q*T, max_length) with images, L without."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        validate_inputs(input_ids, attention_mask, images)
+        labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+        embeds, mask, spliced_labels = self.splice_inputs(input_ids, attention_mask, images, labels)
+        self.sow("intermediates", "llm_inputs_embeds", embeds)
+        positions = jnp.broadcast_to(jnp.arange(embeds.shape[1], dtype=jnp.int32), mask.shape)
+        logits, _ = self.llm(embeds, positions, causal_mask(mask))
+        if labels is None:
+            return LlavaMiniOutput(logits=logits, attention_mask=mask)
+        loss, count = mean_cross_entropy(logits, spliced_labels)
+        return LlavaMiniOutput(logits=logits, attention_mask=mask, loss=loss, num_target_tokens=count,
+                               labels=spliced_labels)
+
+    # -- generation -------------------------------------------------------------------------------
+    def init_cache(self, batch: int, size: int, dtype=None) -> dict:
+        """Zero KV cache `{"k","v"}: [layers, B, size, kv_heads, head_dim]`."""
+        c = self.config.llm
+        shape = (c.num_layers, batch, size, c.num_kv_heads, c.head_dim)
+        dtype = self.dtype if dtype is None else dtype
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def prefill(self, embeds, mask, cache):
+        """Runs the LLM over embeds `[B, T, D]` (mask `[B, T]`, real tokens first), writing keys and
+        values into `cache` slots 0..T-1. Returns `(logits at each row's last real token [B, V], cache)`."""
+        b, t = mask.shape
+        size = cache["k"].shape[2]
+        key_valid = jnp.zeros((b, size), bool).at[:, :t].set(mask)
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        h, cache = self.llm.decoder(embeds, positions, causal_mask(key_valid, t), cache, jnp.zeros((b,), jnp.int32))
+        last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
+        return self.llm.logits(h_last)[:, 0], cache
+
+    def decode_step(self, tokens, index, cache):
+        """One token per row: tokens `[B]` enter as raw embeddings (SPEC A §12) at position/cache
+        slot `index [B]` (each row's own length). Returns `(logits [B, V], cache)`."""
+        size = cache["k"].shape[2]
+        embeds = self.embed_text(tokens[:, None])
+        mask = (jnp.arange(size)[None, :] <= index[:, None])[:, None, None, :]
+        h, cache = self.llm.decoder(embeds, index[:, None], mask, cache, index)
+        return self.llm.logits(h)[:, 0], cache
