@@ -125,7 +125,8 @@ def render_prompt(template: str | Template, messages: Sequence[Message],
       messages: `(role, text)` pairs, roles alternating `"user"`, `"assistant"` from the first.
         In "two"/"single" styles a text that is None or empty renders as `ROLE:` with no
         separator (the open assistant slot of inference prompts). In "chat" style None messages
-        are left out and empty ones are kept (the reference drops empty ones too).
+        are left out and empty ones are kept (the reference leaves out empty ones too, which
+        breaks its labels; D10).
       tokenizer: needed by "chat" style (its chat template renders the prompt).
       system: replaces the template's system prompt.
       add_generation_prompt: "chat" style only: ask the chat template for the assistant header.
@@ -146,10 +147,10 @@ def render_prompt(template: str | Template, messages: Sequence[Message],
         chat = [{"role": "system", "content": system}]
         chat += [{"role": role, "content": text} for role, text in messages if text is not None]
         return tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt)
-    separators = (tpl.sep, tpl.sep2 if tpl.style in ("two", "plain") else tpl.sep)
     if tpl.style == "plain":
-        return system + "".join(_plain_message(tpl, i, text, separators[i % 2])
+        return system + "".join(_plain_message(tpl, i, text, (tpl.sep, tpl.sep2)[i % 2])
                                 for i, (_, text) in enumerate(messages))
+    separators = (tpl.sep, tpl.sep2) if tpl.style == "two" else (tpl.sep, tpl.sep)
     prompt = system + tpl.sep
     for i, (_, text) in enumerate(messages):
         name = tpl.roles[i % 2]

@@ -90,10 +90,14 @@ def compile_chat_template(source: str):
 # Backends: text <-> ids, no BOS
 # ------------------------------------------------------------------------------------------------
 class _SentencePieceBackend:
-    """Slow `LlamaTokenizer` semantics (legacy False or True) over the sentencepiece package."""
+    """Slow `LlamaTokenizer` semantics (legacy False or True) over the sentencepiece package.
 
-    def __init__(self, model_file: str, specials: Sequence[str], legacy: bool,
-                 add_prefix_space: bool):
+    `added` maps tokenizer_config.json's added tokens (`added_tokens_decoder`) to their ids; they
+    and `unk_token` / `bos_token` / `eos_token` are the special tokens split out of the text.
+    """
+
+    def __init__(self, model_file: str, unk_token: str, specials: Sequence[str],
+                 added: Mapping[str, int], legacy: bool, add_prefix_space: bool):
         import sentencepiece
 
         with open(model_file, "rb") as f:
@@ -104,24 +108,30 @@ class _SentencePieceBackend:
         self.sp.LoadFromSerializedProto(proto)
         self.legacy = legacy
         self.add_prefix_space = add_prefix_space
-        self.special_ids = {s: self._special_id(s, model_file) for s in specials}
+        self.special_ids = dict(added)
+        for token in (unk_token, *specials):
+            if token not in self.special_ids:
+                i = self._piece_id(token)
+                if i is None:
+                    raise ValueError(f"special token {token!r} is neither a piece of {model_file} "
+                                     f"nor an added token of its tokenizer_config.json")
+                self.special_ids[token] = i
+        self.special_tokens = {i: t for t, i in self.special_ids.items()}
         longest_first = sorted(self.special_ids, key=len, reverse=True)
         self.special_re = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
         self.underline_id = self.sp.piece_to_id(SPIECE_UNDERLINE)
-        self.unk_prefix = "<unk>"
-        self.unk_prefix_len = len(self.sp.encode(self.unk_prefix))
+        self.unk_token = unk_token
+        self.unk_token_len = len(self.sp.encode(unk_token))
 
-    def _special_id(self, piece: str, model_file: str) -> int:
-        i = self.token_to_id(piece)
-        if i is None:
-            raise ValueError(f"special token {piece!r} is not a piece of {model_file}")
-        return i
+    def _piece_id(self, piece: str) -> int | None:
+        i = self.sp.piece_to_id(piece)
+        return i if self.sp.id_to_piece(i) == piece else None
 
     def _encode_chunk(self, text: str) -> list[int]:
         if self.legacy or not text.startswith((SPIECE_UNDERLINE, " ")):
             return self.sp.encode(text)
-        ids = self.sp.encode(self.unk_prefix + text)
-        return ids[self.unk_prefix_len:] if len(ids) >= self.unk_prefix_len else ids
+        ids = self.sp.encode(self.unk_token + text)
+        return ids[self.unk_token_len:] if len(ids) >= self.unk_token_len else ids
 
     def encode(self, text: str) -> list[int]:
         if not text:
@@ -143,28 +153,27 @@ class _SentencePieceBackend:
         return [i for i, _ in tokens]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
-        special = set(self.special_ids.values())
-        runs: list[str | list[int]] = [[]]  # text runs (id lists) and special token strings
-        for i in ids:
-            if i in special:
-                runs += [self.sp.id_to_piece(i)] if not skip_special_tokens else []
-                runs.append([])
-            else:
-                runs[-1].append(i)
-        texts = [r if isinstance(r, str) else self.sp.decode(r) for r in runs]
-        first_text = next((k for k, r in enumerate(runs) if isinstance(r, list) and r), None)
-        if (first_text is not None and not self.legacy and self.add_prefix_space
-                and texts[first_text].startswith(" ")):
-            texts[first_text] = texts[first_text][1:]  # the mark `encode` prepends
-        return "".join(texts)
+        parts: list[str] = []
+        run: list[int] = []
+        drop_mark = self.add_prefix_space and not self.legacy  # the `▁` that `encode` prepends
+        for i in [*ids, None]:  # None flushes the last run
+            if i is not None and i not in self.special_tokens:
+                run.append(i)
+                continue
+            if run:
+                text = self.sp.decode(run)
+                parts.append(text[1:] if drop_mark and text.startswith(" ") else text)
+                drop_mark, run = False, []
+            if i is not None and not skip_special_tokens:
+                parts.append(self.special_tokens[i])
+        return "".join(parts)
 
     def token_to_id(self, token: str) -> int | None:
-        i = self.sp.piece_to_id(token)
-        return i if self.sp.id_to_piece(i) == token else None
+        return self.special_ids[token] if token in self.special_ids else self._piece_id(token)
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return max(self.sp.get_piece_size(), max(self.special_tokens) + 1)
 
 
 def _without_dummy_prefix(proto: bytes, model_file: str) -> bytes:
@@ -386,7 +395,9 @@ def _load_sentencepiece(path: str, sp_file: str, config: Mapping[str, Any],
         legacy = True  # LlamaTokenizer's default
         logger.warning("%s: tokenizer_config.json does not set 'legacy'; using legacy=True as "
                        "LlamaTokenizer does", path)
-    backend = _SentencePieceBackend(sp_file, specials=(unk, bos, eos), legacy=bool(legacy),
+    added = {t["content"]: int(i) for i, t in config.get("added_tokens_decoder", {}).items()}
+    backend = _SentencePieceBackend(sp_file, unk_token=unk, specials=(bos, eos), added=added,
+                                    legacy=bool(legacy),
                                     add_prefix_space=config.get("add_prefix_space") is not False)
     ids = backend.special_ids
     return Tokenizer(

@@ -161,6 +161,20 @@ def test_legacy_config_uses_the_models_dummy_prefix(tmp_path):
     assert tok.encode("</s>USER:") == [1, 2] + pieces(tok, "▁", "USER", ":")
 
 
+def test_added_token_beyond_the_sentencepiece_vocabulary(tmp_path):
+    """An added token of tokenizer_config.json (e.g. a `<pad>` at id 2000) is split out too."""
+    shutil.copytree(TOKENIZERS / "vicuna", tmp_path / "tok")
+    config_file = tmp_path / "tok" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["added_tokens_decoder"]["2000"] = {"content": "<pad>", "special": True}
+    config_file.write_text(json.dumps(config))
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.vocab_size == 2001 and tok.token_to_id("<pad>") == 2000
+    assert tok.encode("hi<pad>") == [1] + pieces(tok, "▁h", "i") + [2000]
+    assert tok.encode("<pad>hi") == [1, 2000] + pieces(tok, "h", "i")  # lone `▁` dropped
+    assert tok.decode(tok.encode("hi<pad>"), skip_special_tokens=False) == "<s>hi<pad>"
+
+
 def test_model_max_length_override():
     tok = load_tokenizer(TOKENIZERS / "vicuna", model_max_length=48)
     assert tok.model_max_length == 48
