@@ -5,7 +5,8 @@ This module turns them into the prompt string of a template (SPEC part B §1), i
 `-200` for every `<image>` (§3), and into labels with `-100` on everything that is not supervised
 (§4).
 
-Templates (`TEMPLATES`; aliases `v1` -> `vicuna_v1`, `llava_llama_3_1_correct` -> `llava_llama_3_1`):
+Templates (`TEMPLATES`; aliases `v1` -> `vicuna_v1`, `llava_llama_3_1_correct` ->
+`llava_llama_3_1`):
 
 * `vicuna_v1`, `llava_v1` ("two" style): `SYSTEM USER: q ASSISTANT: a</s>USER: ...`;
 * `llava_v0` ("single" style): `SYSTEM###Human: q###Assistant: a###...` (inference only);
