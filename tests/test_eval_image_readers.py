@@ -7,7 +7,6 @@ import pytest
 
 import eval_synthetic as syn
 from llava_mini_jax.eval import evaluate, image_readers
-from llava_mini_jax.eval.item import EvalItem
 
 SHORT = syn.SHORT
 LETTER = "Answer with the option's letter from the given choices directly."

@@ -55,7 +55,6 @@ def score(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, ob
     m = binary_metrics(*splits[name])
     per_split[name] = {k: (100.0 * v if k in ("accuracy", "precision", "recall", "f1",
                                                "yes_ratio") else v) for k, v in m.items()}
-  mean = lambda key: sum(m[key] for m in per_split.values()) / max(len(per_split), 1)
-  return {"f1": mean("f1"), "accuracy": mean("accuracy"), "precision": mean("precision"),
-          "recall": mean("recall"), "yes_ratio": mean("yes_ratio"), "splits": per_split,
-          "count": len(items)}
+  means = {key: sum(m[key] for m in per_split.values()) / max(len(per_split), 1)
+           for key in ("f1", "accuracy", "precision", "recall", "yes_ratio")}
+  return dict(means, splits=per_split, count=len(items))

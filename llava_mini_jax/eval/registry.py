@@ -30,7 +30,11 @@ Writer = Callable[[Sequence[EvalItem], Mapping[Key, str], Path, Path, str], Dict
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-  """How to read, ask, score and report one benchmark."""
+  """How to read, ask, score and report one benchmark.
+
+  `max_new_tokens` is the generation budget of the reference script for it (model_vqa_loader:
+  128; model_vqa, model_vqa_science, model_vqa_mmbench: 1024), for `answer_fn` to use.
+  """
 
   name: str
   title: str
@@ -45,6 +49,7 @@ class Benchmark:
   judged: bool = False
   paper: Optional[float] = None
   paper_split: Optional[str] = None
+  max_new_tokens: int = 128
 
   @property
   def default_split(self) -> str:
@@ -104,7 +109,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("scienceqa", "SQA (IMG)", "image", ("test",), image_readers.read_scienceqa,
               multiple_choice.score_sqa, "img_accuracy", _LLAVA_EVAL.format("scienceqa") +
               ": llava_test_CQM-A.json, problems.json, images/test/", paper=83.1,
-              paper_split="test"),
+              paper_split="test", max_new_tokens=1024),
     Benchmark("textvqa", "TextVQA", "image", ("val",), image_readers.read_textvqa, vqa.score,
               "accuracy", _LLAVA_EVAL.format("textvqa") + ": llava_textvqa_val_v051_ocr.jsonl, "
               "TextVQA_0.5.1_val.json, train_images/", paper=58.5, paper_split="val"),
@@ -123,14 +128,15 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
               "(mmbench_test_20230712.tsv for test)",
               write=_writer(multiple_choice.write_mmbench_submission, "mmbench-{split}.xlsx",
                             "MMBench server upload"),
-              server_splits=("test",), paper=71.6, paper_split="dev"),
+              server_splits=("test",), paper=71.6, paper_split="dev", max_new_tokens=1024),
     Benchmark("mmbench_cn", "MMBench-CN", "image", ("dev", "test"),
               functools.partial(image_readers.read_mmbench, benchmark="mmbench_cn"),
               multiple_choice.score_mmbench, "circular_accuracy",
               _LLAVA_EVAL.format("mmbench") + ": mmbench_dev_cn_20231003.tsv "
               "(mmbench_test_cn_20231003.tsv for test)",
               write=_writer(multiple_choice.write_mmbench_submission, "mmbench_cn-{split}.xlsx",
-                            "MMBench server upload"), server_splits=("test",)),
+                            "MMBench server upload"), server_splits=("test",),
+              max_new_tokens=1024),
     Benchmark("seed", "SEED-Bench", "image", ("test",), image_readers.read_seed,
               multiple_choice.score_seed, "accuracy", _LLAVA_EVAL.format("seed_bench") +
               ": llava-seed-bench.jsonl, SEED-Bench.json, SEED-Bench-image/, "
@@ -141,13 +147,13 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
               open_ended.score_proxy, "proxy_contains",
               _LLAVA_EVAL.format("llava-bench-in-the-wild") + ": questions.jsonl, images/, "
               "answers_gpt4.jsonl, context.jsonl (the answers file is the GPT review's input)",
-              judged=True, paper=70.2, paper_split="test"),
+              judged=True, paper=70.2, paper_split="test", max_new_tokens=1024),
     Benchmark("mmvet", "MM-Vet", "image", ("test",), image_readers.read_mmvet,
               open_ended.score_proxy, "proxy_contains", _LLAVA_EVAL.format("mm-vet") +
               ": llava-mm-vet.jsonl, images/ (mm-vet.json for the offline proxy)",
               write=_writer(open_ended.write_mmvet_results, "mmvet-results.json",
                             "MM-Vet evaluator input"), judged=True, paper=37.2,
-              paper_split="test"),
+              paper_split="test", max_new_tokens=1024),
     Benchmark("mvbench", "MVBench", "video", ("test",), video_readers.read_mvbench,
               multiple_choice.score_choice, "accuracy",
               "HF OpenGVLab/MVBench: json/*.json, video/<source folders>/"),

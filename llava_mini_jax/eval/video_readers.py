@@ -17,7 +17,7 @@ LLaVA's option-letter instruction instead). Open-ended video QA asks the bare qu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from llava_mini_jax.eval import files
 from llava_mini_jax.eval.image_readers import OPTION_LETTER
