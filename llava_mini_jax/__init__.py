@@ -1,13 +1,18 @@
 """llava-mini-jax: LLaVA-Mini (one vision token per image) in JAX/Flax.
 
 Public API: `load_pretrained`, `generate`, `load_tokenizer`, `tokenize_conversation`, the model
-class `LlavaMini` and the config classes. Everything else is internal.
+class `LlavaMini` and the config classes. Everything else is internal (importable from its
+module, but not promised stable).
 """
 from .config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig, RopeScaling, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .conversation import TokenizedSample, tokenize_conversation
 from .loading import load_pretrained
 from .model import LlavaMini, LlavaMiniOutput
+from .tokenizer import Tokenizer, load_tokenizer
+from .video import get_seq_frames
 
 __all__ = [
     "ClipVisionConfig", "LlamaConfig", "LlavaMiniConfig", "RopeScaling", "IGNORE_INDEX", "IMAGE_TOKEN_INDEX",
-    "LlavaMini", "LlavaMiniOutput", "load_pretrained",
+    "LlavaMini", "LlavaMiniOutput", "load_pretrained", "load_tokenizer", "Tokenizer", "tokenize_conversation",
+    "TokenizedSample", "get_seq_frames",
 ]

@@ -139,7 +139,11 @@ class LlavaMini(nn.Module):
             comp_in = stitch_tiles(feats[:, :-1], r)
             prefix = [self.mm_projector(comp_in), projected_global]
         compressed, _ = self.compressor(comp_in)
+        self.sow("intermediates", "compressor_in", comp_in)
+        self.sow("intermediates", "compressor_out", compressed)
         compressed = self.mm_projector(compressed)
+        self.sow("intermediates", "proj_compressed", compressed)
+        self.sow("intermediates", "proj_global", projected_global)
         x = jnp.concatenate(prefix + [compressed, raw.astype(self.dtype)], axis=1)
         num_image = x.shape[1] - raw.shape[1]
         positions, key_mask = prefusion_positions(num_image, text_mask)
@@ -194,6 +198,7 @@ class LlavaMini(nn.Module):
         if not self.config.is_mini:
             feats = self.vision_features(images.reshape((-1,) + images.shape[-3:]))
             tokens = self.mm_projector(feats).reshape(b, -1, self.config.llm.hidden_size)
+            self.sow("intermediates", "proj_features", tokens)
             return tokens, self.embed_text(input_ids)
         raw = jax.lax.stop_gradient(self.embed_text(input_ids))  # SPEC Q5: no gradient to embed_tokens
         text_mask = text_key_mask(input_ids, labels)
