@@ -56,6 +56,9 @@ class Template:
       roles: the (user, assistant) names written into the prompt.
       sep, sep2: separators (`sep2` None: a second message cannot be rendered).
       stop: the string that ends an answer in generation.
+      generation_header: "chat" style: the assistant header a chat template emits for
+        `add_generation_prompt`; a training prompt that ends with it (a template that always
+        appends it, like the released LLaVA-Mini Llama-3.1 checkpoint's) has it dropped.
     """
 
     name: str
@@ -65,6 +68,7 @@ class Template:
     sep: str
     sep2: str | None
     stop: str
+    generation_header: str | None = None
 
     def __post_init__(self):
         if self.style not in _STYLES:
@@ -87,7 +91,7 @@ TEMPLATES: dict[str, Template] = {
         Template("llava_v0", "single", _LLAVA_SYSTEM, ("Human", "Assistant"), "###", None, "###"),
         Template("plain", "plain", "", ("", ""), "\n", None, "\n"),
         Template("llava_llama_3_1", "chat", _LLAMA31_SYSTEM, ("user", "assistant"), "", None,
-                 "<|eot_id|>"),
+                 "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
     )
 }
 ALIASES = {"v1": "vicuna_v1", "llava_llama_3_1_correct": "llava_llama_3_1"}
@@ -354,7 +358,7 @@ def conversation_messages(conversations: Sequence[Mapping[str, Any]]) -> list[Me
 
 def tokenize_conversation(conversations: Sequence[Mapping[str, Any]], tokenizer: Tokenizer,
                           template: str | Template = "vicuna_v1",
-                          has_image: bool = True) -> TokenizedSample:
+                          has_image: bool = True, *, truncate: bool = True) -> TokenizedSample:
     """`input_ids` and `labels` of one training sample (SPEC B §4).
 
     Args:
@@ -365,6 +369,8 @@ def tokenize_conversation(conversations: Sequence[Mapping[str, Any]], tokenizer:
         "llava_llama_3_1_correct").
       has_image: tokenize `<image>` as -200 (else as text, and truncate to
         `tokenizer.model_max_length`, as the reference does for text-only samples).
+      truncate: False keeps text-only samples whole (the training pipeline skips samples that
+        are too long instead of training on a cut one).
 
     Returns:
       `TokenizedSample`; `labels` has -100 on unsupervised positions:
@@ -373,7 +379,9 @@ def tokenize_conversation(conversations: Sequence[Mapping[str, Any]], tokenizer:
         rule (`fully_masked`) are reproduced exactly;
       * llava_llama_3_1 (D10, differs from the reference): Meta chat template over system + all
         turns (empty answers kept), one BOS, every assistant message's tokens + its closing
-        `<|eot_id|>` supervised; never fully masked.
+        `<|eot_id|>` supervised; never fully masked. A chat template that always appends the
+        assistant header (the released checkpoint's) gives the same result: the trailing header
+        is dropped.
 
     Raises:
       ValueError: bad turns (see `conversation_messages`), "plain" without exactly two turns and
@@ -389,9 +397,9 @@ def tokenize_conversation(conversations: Sequence[Mapping[str, Any]], tokenizer:
         if tokenizer.kind != "sentencepiece":
             raise ValueError(f"template {tpl.name!r} masks labels with Llama-2 SentencePiece "
                              f"arithmetic; tokenizer {tokenizer.path} is {tokenizer.kind!r}")
-        return _tokenize_two(messages, tokenizer, tpl, has_image)
+        return _tokenize_two(messages, tokenizer, tpl, has_image, truncate)
     if tpl.style == "chat":
-        return _tokenize_chat(messages, tokenizer, tpl, has_image)
+        return _tokenize_chat(messages, tokenizer, tpl, has_image, truncate)
     raise ValueError(f"template {tpl.name!r} has no training tokenization; use one of "
                      f"'plain', 'vicuna_v1', 'llava_v1', 'llava_llama_3_1'")
 
@@ -420,13 +428,13 @@ def _tokenize_plain(conversations, tokenizer: Tokenizer, tpl: Template) -> Token
     return _sample(ids, labels, False, prompt)
 
 
-def _tokenize_two(messages, tokenizer: Tokenizer, tpl: Template,
-                  has_image: bool) -> TokenizedSample:
+def _tokenize_two(messages, tokenizer: Tokenizer, tpl: Template, has_image: bool,
+                  truncate: bool) -> TokenizedSample:
     """The reference's `preprocess_v1` round arithmetic (SPEC B §4.2), quirks included."""
     prompt = render_prompt(tpl, messages)
     enc = _encoder(tokenizer, has_image)
     ids = enc(prompt)
-    if not has_image:
+    if truncate and not has_image:
         ids = ids[:tokenizer.model_max_length]
     labels = list(ids)
     total = sum(1 for i in ids if i != tokenizer.pad_id)
@@ -455,28 +463,45 @@ def _tokenize_two(messages, tokenizer: Tokenizer, tpl: Template,
     return _sample(ids, labels, fully_masked, prompt)
 
 
-def _tokenize_chat(messages, tokenizer: Tokenizer, tpl: Template,
-                   has_image: bool) -> TokenizedSample:
+def _training_prompt(tpl: Template, messages, tokenizer: Tokenizer,
+                     add_generation_prompt: bool) -> str:
+    """`render_prompt` for training: a trailing assistant header that a chat template appends
+    although `add_generation_prompt` is False (it follows the last message) is dropped."""
+    text = render_prompt(tpl, messages, tokenizer, add_generation_prompt=add_generation_prompt)
+    header = tpl.generation_header
+    if not add_generation_prompt and header and messages and text.endswith(header):
+        text = text[:-len(header)]
+    return text
+
+
+def _tokenize_chat(messages, tokenizer: Tokenizer, tpl: Template, has_image: bool,
+                   truncate: bool) -> TokenizedSample:
     """Correct chat-template supervision (D10): each assistant message + its closing token.
 
     An assistant message's tokens are located by rendering prefixes of the conversation: the
     ids of `render(messages[:k], add_generation_prompt=True)` end at its header, those of
     `render(messages[:k + 1])` at its closing `<|eot_id|>`. Both must be prefixes of the full
     ids, which holds for templates that append one block per message (Meta's Llama 3.x).
+
+    A template that appends the assistant header even without `add_generation_prompt` (the
+    released LLaVA-Mini Llama-3.1 tokenizer, fixture `llama31_alwaysgen`) gives the same ids and
+    labels: its trailing header (`Template.generation_header`) is dropped from training prompts.
     """
     _check_chat_tokenizer(tpl, tokenizer)
     enc = _encoder(tokenizer, has_image)
 
     def render_ids(msgs, add_generation_prompt):
-        text = render_prompt(tpl, msgs, tokenizer, add_generation_prompt=add_generation_prompt)
+        text = _training_prompt(tpl, msgs, tokenizer, add_generation_prompt)
         return text, _single_bos(enc(text), tokenizer)
 
     prompt, ids = render_ids(messages, False)
     if messages and render_prompt(tpl, messages, tokenizer, add_generation_prompt=True) == prompt:
-        raise ValueError(f"the chat template of tokenizer {tokenizer.path} ignores "
-                         f"add_generation_prompt=False (it always ends with an assistant header), "
-                         f"so where answers end cannot be told; use a template that honours it "
-                         f"(Meta's Llama-3.1 template)")
+        raise ValueError(f"the chat template of tokenizer {tokenizer.path} ends every prompt with "
+                         f"the same text whether add_generation_prompt is True or False, and that "
+                         f"text is not the assistant header {tpl.generation_header!r}, so where "
+                         f"answers end cannot be told; use a template that honours "
+                         f"add_generation_prompt (Meta's Llama-3.1 template) or always appends "
+                         f"exactly that header")
     labels = [IGNORE_INDEX] * len(ids)
     for k, (role, _) in enumerate(messages):
         if role != ASSISTANT:
@@ -489,6 +514,6 @@ def _tokenize_chat(messages, tokenizer: Tokenizer, tpl: Template,
                              f"of tokenizer {tokenizer.path}: rendering the conversation up to it "
                              f"does not give a prefix of the full prompt")
         labels[len(before):len(through)] = ids[len(before):len(through)]
-    if not has_image:
+    if truncate and not has_image:
         ids, labels = ids[:tokenizer.model_max_length], labels[:tokenizer.model_max_length]
     return _sample(ids, labels, False, prompt)

@@ -232,11 +232,59 @@ def test_llama31_alias_and_template_errors(byte_tok, vicuna, tmp_path):
         conv.tokenize_conversation(turns, byte_tok, "vicuna_v1")
 
 
-def test_llama31_always_header_template_is_refused_for_training(tokenizer_cache):
-    tok = tokenizer_cache("tokenizers/llama31_alwaysgen")
+@pytest.mark.parametrize("tok_name", ["llama31", "llama31_alwaysgen"])
+def test_llama31_both_templates_give_the_correct_labels(tokenizer_cache, tok_name):
+    """Meta's template and the always-header one (the released checkpoint's) train identically:
+    the always-gen trailing header is dropped, every sample equals expected_llama31_correct."""
+    tok = tokenizer_cache(f"tokenizers/{tok_name}")
+    for sid, e in read("expected_llama31_correct.json")["samples"].items():
+        out = conv.tokenize_conversation(e["conversations"], tok, "llava_llama_3_1",
+                                         has_image=e["has_image"])
+        assert out.input_ids.tolist() == e["input_ids"], sid
+        assert out.labels.tolist() == e["labels"], sid
+        assert not out.fully_masked
+        assert not out.prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_llama31_always_header_hand_worked(tmp_path):
+    """A byte tokenizer whose template always ends with the assistant header: same as Meta's."""
+    meta = load_tokenizer(build_byte_tokenizer(tmp_path / "meta", template="llama31.jinja"))
+    always_dir = build_byte_tokenizer(tmp_path / "always", template="llama31.jinja")
+    jinja = (always_dir / "chat_template.jinja").read_text()
+    assert "{%- if add_generation_prompt %}" in jinja
+    (always_dir / "chat_template.jinja").write_text(
+        jinja.replace("{%- if add_generation_prompt %}", "{%- if true %}"))
+    always = load_tokenizer(always_dir)
+    turns = [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"},
+             {"from": "human", "value": "More"}, {"from": "gpt", "value": "No"}]
+    a = conv.tokenize_conversation(turns, meta, "llava_llama_3_1")
+    b_ = conv.tokenize_conversation(turns, always, "llava_llama_3_1")
+    assert a.input_ids.tolist() == b_.input_ids.tolist()
+    assert a.labels.tolist() == b_.labels.tolist()
+    assert a.input_ids.tolist()[-3:] == b("No") + [EOT]
+    assert a.labels.tolist()[-3:] == b("No") + [EOT]
+
+
+def test_llama31_template_with_other_unconditional_ending_is_refused(tmp_path):
+    """A template that ends every prompt with something other than the header cannot be used."""
+    d = build_byte_tokenizer(tmp_path / "odd", template="llama31.jinja")
+    jinja = (d / "chat_template.jinja").read_text()
+    (d / "chat_template.jinja").write_text(
+        jinja.replace("{%- if add_generation_prompt %}", "{%- if true %}")
+        .replace("<|start_header_id|>assistant<|end_header_id|>\\n\\n", "ASSISTANT:"))
+    tok = load_tokenizer(d)
     turns = [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]
-    with pytest.raises(ValueError, match="ignores add_generation_prompt"):
+    with pytest.raises(ValueError, match="add_generation_prompt"):
         conv.tokenize_conversation(turns, tok, "llava_llama_3_1")
+
+
+def test_text_only_truncation_can_be_turned_off(vicuna):
+    turns = [{"from": "human", "value": "word " * 1200}, {"from": "gpt", "value": "ok"}]
+    cut = conv.tokenize_conversation(turns, vicuna, "vicuna_v1", has_image=False)
+    whole = conv.tokenize_conversation(turns, vicuna, "vicuna_v1", has_image=False,
+                                       truncate=False)
+    assert len(cut.input_ids) == vicuna.model_max_length < len(whole.input_ids)
+    assert whole.input_ids[:len(cut.input_ids)].tolist() == cut.input_ids.tolist()
 
 
 # ------------------------------------------------------------------------------------------------
