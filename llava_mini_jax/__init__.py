@@ -6,6 +6,7 @@ module, but not promised stable).
 """
 from .config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig, RopeScaling, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .conversation import TokenizedSample, tokenize_conversation
+from .generate import generate
 from .loading import load_pretrained
 from .model import LlavaMini, LlavaMiniOutput
 from .tokenizer import Tokenizer, load_tokenizer
@@ -13,6 +14,6 @@ from .video import get_seq_frames
 
 __all__ = [
     "ClipVisionConfig", "LlamaConfig", "LlavaMiniConfig", "RopeScaling", "IGNORE_INDEX", "IMAGE_TOKEN_INDEX",
-    "LlavaMini", "LlavaMiniOutput", "load_pretrained", "load_tokenizer", "Tokenizer", "tokenize_conversation",
+    "LlavaMini", "LlavaMiniOutput", "load_pretrained", "generate", "load_tokenizer", "Tokenizer", "tokenize_conversation",
     "TokenizedSample", "get_seq_frames",
 ]

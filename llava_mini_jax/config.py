@@ -222,6 +222,9 @@ class LlavaMiniConfig:
     heads. `max_length` is the reference's `tokenizer_model_max_length` (spliced sequences are cut to
     it; None = no cut).
 
+    Generation defaults (from the checkpoint's `generation_config.json`, else `config.json`):
+    `eos_token_ids`, `pad_token_id`.
+
     Runtime (no effect on the numbers): `scan_layers` stacks decoder/CLIP layers under a leading
     `layers` axis and runs them with `nn.scan`; `remat_policy` is `none`, `full` or `dots` (save
     matmul outputs); `video_chunk_size` frames go through CLIP, compressor and pre-fusion together.
@@ -243,8 +246,11 @@ class LlavaMiniConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     video_chunk_size: int = 16
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: Optional[int] = None
 
     def __post_init__(self):
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
         if self.mode not in (MINI, BASELINE):
             raise ValueError(f"mode={self.mode!r}: expected {MINI!r} (LLaVA-Mini) or {BASELINE!r} (LLaVA-v1.5)")
         if self.vision_select_feature not in ("patch", "cls_patch"):
@@ -318,6 +324,9 @@ class LlavaMiniConfig:
             image_aspect_ratio=d.get("image_aspect_ratio", "square") or "square",
             vision_tower=d.get("mm_vision_tower", ""),
         )
+        eos = d.get("eos_token_id")
+        kw.update(eos_token_ids=() if eos is None else tuple(eos if isinstance(eos, (list, tuple)) else [eos]),
+                  pad_token_id=d.get("pad_token_id"))
         if mini:
             kw.update(compressor_size=d["compressor_size"], prefusion_layers=d.get("prefusion_layer_num", 4))
         if d.get("tokenizer_padding_side", "right") != "right":
@@ -346,6 +355,8 @@ class LlavaMiniConfig:
             "tokenizer_padding_side": "right",
             "vision_config": self.vision.to_hf_dict(),
         })
+        if self.eos_token_ids:
+            d["eos_token_id"] = self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
         if self.is_mini:
             d.update(compressor_size=self.compressor_size, prefusion_layer_num=self.prefusion_layers,
                      resolution_ratio=self.resolution_ratio)

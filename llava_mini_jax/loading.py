@@ -56,6 +56,22 @@ def load_config(path: str, **overrides) -> tuple[LlavaMiniConfig, dict]:
     return LlavaMiniConfig.from_hf_dict(hf, vision, **overrides), hf
 
 
+def generation_defaults(path: str) -> dict:
+    """`eos_token_ids` / `pad_token_id` from `generation_config.json` when present (it wins over
+    config.json, as in HF `generate`)."""
+    gpath = os.path.join(path, "generation_config.json")
+    if not os.path.exists(gpath):
+        return {}
+    g = read_json(gpath)
+    out = {}
+    eos = g.get("eos_token_id")
+    if eos is not None:
+        out["eos_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
+    if g.get("pad_token_id") is not None:
+        out["pad_token_id"] = g["pad_token_id"]
+    return out
+
+
 def dummy_inputs(cfg: LlavaMiniConfig) -> dict:
     """Smallest inputs that touch every parameter (for `init` / `eval_shape`)."""
     v = cfg.vision
@@ -163,7 +179,7 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     hf = read_json(os.path.join(path, "config.json"))
     vision, tower_dir = resolve_vision_tower(hf, path)
-    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **config_overrides)
+    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **{**generation_defaults(path), **config_overrides})
     model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype)
     boxed = abstract_params(model)
     from . import jax_checkpoint  # local import: orbax is heavy

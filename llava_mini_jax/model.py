@@ -239,16 +239,11 @@ class LlavaMini(nn.Module):
                                labels=spliced_labels)
 
     # -- generation -------------------------------------------------------------------------------
-    def init_cache(self, batch: int, size: int, dtype=None) -> dict:
-        """Zero KV cache `{"k","v"}: [layers, B, size, kv_heads, head_dim]`."""
-        c = self.config.llm
-        shape = (c.num_layers, batch, size, c.num_kv_heads, c.head_dim)
-        dtype = self.dtype if dtype is None else dtype
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
     def prefill(self, embeds, mask, cache):
         """Runs the LLM over embeds `[B, T, D]` (mask `[B, T]`, real tokens first), writing keys and
-        values into `cache` slots 0..T-1. Returns `(logits at each row's last real token [B, V], cache)`."""
+        values into `cache` (`{"k","v"}: [layers, B, S, kv_heads, head_dim]`, see
+        `generate.init_kv_cache`) slots 0..T-1. Returns `(logits at each row's last real token [B, V],
+        cache)`: every row continues from its own last token (library decision D5)."""
         b, t = mask.shape
         size = cache["k"].shape[2]
         key_valid = jnp.zeros((b, size), bool).at[:, :t].set(mask)
