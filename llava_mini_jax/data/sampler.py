@@ -155,3 +155,39 @@ def _permutation(randperm: Randperm, n: int) -> list[int]:
     if sorted(perm) != list(range(n)):
         raise ValueError(f"randperm({n}) returned {perm[:10]}..., not a permutation of range({n})")
     return perm
+
+
+def group_length_grouped_indices(lengths: Sequence[int], groups: Sequence[int], batch_size: int,
+                                 world_size: int, randperm: Randperm) -> list[int]:
+    """`modality_length_grouped_indices` for any number of groups (library extension).
+
+    Megabatches of `world_size * batch_size` never mix groups. Each group (in ascending label
+    order) is length-grouped on its own, cut into megabatches and loses its last megabatch (the
+    reference's quirk, kept); then the megabatches are shuffled. With one group this is
+    `length_grouped_indices`. With labels image < text and lengths made positive, it calls
+    `randperm` exactly as `modality_length_grouped_indices` does for signed lengths.
+
+    Args:
+      lengths: `[N]` positive lengths.
+      groups: `[N]` int group labels (e.g. image / text / video).
+      batch_size, world_size, randperm: as `modality_length_grouped_indices`.
+    """
+    _check_sizes(batch_size, world_size)
+    if len(groups) != len(lengths):
+        raise ValueError(f"groups has {len(groups)} labels for {len(lengths)} lengths")
+    bad = [i for i, n in enumerate(lengths) if n <= 0]
+    if bad:
+        raise ValueError(f"lengths must be positive; not at indices {bad[:10]}")
+    labels = sorted(set(int(g) for g in groups))
+    if len(labels) <= 1:
+        return length_grouped_indices(lengths, batch_size, world_size, randperm)
+    size = world_size * batch_size
+    megabatches = []
+    for label in labels:
+        indices = [i for i, g in enumerate(groups) if g == label]
+        grouped = length_grouped_indices([lengths[i] for i in indices], batch_size, world_size,
+                                         randperm)
+        order = [indices[i] for i in grouped]
+        megabatches.extend([order[s:s + size] for s in range(0, len(order), size)][:-1])
+    shuffled = _permutation(randperm, len(megabatches))
+    return [i for k in shuffled for i in megabatches[k]]
