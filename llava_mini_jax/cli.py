@@ -1,16 +1,80 @@
-"""`llava-mini-jax` command line (subcommands are added as the library grows)."""
+"""`llava-mini-jax` command line: `demo`, `chat`, `eval`, `train`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 
+def _add_chat(sub):
+    p = sub.add_parser("chat", help="chat about an image or a video with a checkpoint (HF or converted)")
+    p.add_argument("--model", required=True, help="checkpoint directory (HF LLaVA-Mini or convert.hf_to_jax output)")
+    media = p.add_mutually_exclusive_group()
+    media.add_argument("--image", help="image file")
+    media.add_argument("--video", help="video file (sampled at 1 frame per second)")
+    p.add_argument("--prompt", help="one question; without it the chat is interactive")
+    p.add_argument("--conv-mode", default=None,
+                   help="vicuna_v1 | llava_v1 | llava_v0 | llava_llama_3_1 (default: from the tokenizer)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-frames", type=int, default=None, help="cap on sampled video frames")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_chat(args) -> int:
+    import jax.numpy as jnp
+    from .chat import ChatSession
+    session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype),
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          seed=args.seed)
+    if args.image:
+        session.set_image(args.image)
+    elif args.video:
+        session.set_video(args.video, max_frames=args.max_frames)
+
+    def answer(question):
+        session.ask(question, on_text=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+
+    if args.prompt is not None:
+        answer(args.prompt)
+        return 0
+    print(f"[{session.template}] type a question (empty line or Ctrl-D to quit)", flush=True)
+    while True:
+        try:
+            question = input("USER: ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        print("ASSISTANT: ", end="", flush=True)
+        answer(question)
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="llava-mini-jax", description=__doc__)
-    parser.add_subparsers(dest="command")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="llava-mini-jax", description="LLaVA-Mini in JAX/Flax.")
+    sub = parser.add_subparsers(dest="command")
+    from . import demo
+    demo.add_parser(sub)
+    _add_chat(sub)
+    from .eval import cli as eval_cli
+    eval_cli.add_parser(sub)
+    sub.add_parser("train", help="train (see `llava-mini-jax train --help`)", add_help=False)
+    if argv[:1] == ["train"]:
+        from train.__main__ import main as train_main
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "chat":
+        return run_chat(args)
+    if args.command == "demo":
+        return demo.run(args)
+    if args.command == "eval":
+        return eval_cli.run(args)
     parser.print_help()
-    return 0 if args.command is None else 2
+    return 0
 
 
 if __name__ == "__main__":

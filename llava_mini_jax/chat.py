@@ -1,0 +1,162 @@
+"""The chat layer: a checkpoint, its tokenizer and processor, prompts, streaming answers.
+
+`ChatSession(model_dir).ask("What is in the image?", image="cat.png")` builds the reference's
+inference prompt, preprocesses the image (or video) as the checkpoint's config says (pad /
+resolution ratio / 1-fps frames), generates with the KV cache and streams decoded text. Stop
+strings are applied here (the tokenizer lives here), EOS ids in `generate`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from .conversation import build_inference_prompt, stop_strings, tokenizer_image_token
+from .generate import generate
+from .image_processing import ImageProcessorConfig, load_image, process_image
+from .loading import load_pretrained, read_json, resolve_vision_tower
+from .tokenizer import Tokenizer, load_tokenizer
+from .video import process_video
+
+
+def default_template(tokenizer: Tokenizer) -> str:
+    """`vicuna_v1` for SentencePiece (Vicuna) tokenizers, `llava_llama_3_1` for chat-templated BPE ones."""
+    if tokenizer.kind == "bpe" and tokenizer.chat_template:
+        return "llava_llama_3_1"
+    return "vicuna_v1"
+
+
+def processor_config(model_dir: str, image_size: int) -> ImageProcessorConfig:
+    """`preprocessor_config.json` of the checkpoint or its vision tower; else CLIP's defaults at the
+    tower's image size."""
+    candidates = [model_dir]
+    try:
+        _, tower = resolve_vision_tower(read_json(os.path.join(model_dir, "config.json")), model_dir)
+        candidates.append(tower)
+    except (FileNotFoundError, ValueError):
+        pass
+    for d in candidates:
+        if d and os.path.exists(os.path.join(d, "preprocessor_config.json")):
+            return ImageProcessorConfig.from_json(d)
+    return dataclasses.replace(ImageProcessorConfig(), shortest_edge=image_size, crop_height=image_size,
+                               crop_width=image_size)
+
+
+def _trim_at_stop(text: str, stops) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class ChatSession:
+    """A multi-turn conversation about one image or video (or none)."""
+
+    def __init__(self, model_dir: str, conv_mode: Optional[str] = None, dtype=jnp.float32,
+                 compute_dtype=None, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: Optional[float] = None, seed: int = 0, model=None, params=None,
+                 tokenizer: Optional[Tokenizer] = None):
+        self.model_dir = os.fspath(model_dir)
+        if model is None:
+            model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype)
+        self.model, self.params = model, params
+        self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
+        self.template = conv_mode or default_template(self.tokenizer)
+        self.processor = processor_config(self.model_dir, model.config.vision.image_size)
+        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.history: list[tuple[str, str]] = []
+        self.pixels: Optional[np.ndarray] = None
+
+    def set_image(self, path) -> np.ndarray:
+        """Preprocesses an image (inference order: split, then pad each part). Returns `[P, 3, H, W]`."""
+        cfg = self.model.config
+        self.pixels = process_image(load_image(path), cfg.image_aspect_ratio, cfg.resolution_ratio, self.processor,
+                                    mode="inference")
+        self.history = []
+        return self.pixels
+
+    def set_video(self, path, max_frames: Optional[int] = None) -> np.ndarray:
+        """Samples ~1 frame per second. Returns `[T, P, 3, H, W]`."""
+        cfg = self.model.config
+        self.pixels, _ = process_video(path, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)
+        self.history = []
+        return self.pixels
+
+    def prompt_ids(self, question: str) -> list[int]:
+        prompt = build_inference_prompt(question, self.template, self.tokenizer, self.history,
+                                        with_image=self.pixels is not None)
+        return tokenizer_image_token(prompt, self.tokenizer)
+
+    def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None) -> Optional[np.ndarray]:
+        """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the session."""
+        cfg = self.model.config
+        if image is not None:
+            return process_image(load_image(image), cfg.image_aspect_ratio, cfg.resolution_ratio, self.processor,
+                                 mode="inference")
+        if video is not None:
+            return process_video(video, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)[0]
+        return None
+
+    def eos_ids(self) -> list[int]:
+        eos = set(self.model.config.eos_token_ids)
+        if self.tokenizer.eos_id is not None:
+            eos.add(self.tokenizer.eos_id)
+        for s in stop_strings(self.template):
+            tid = self.tokenizer.token_to_id(s)
+            if tid is not None:
+                eos.add(tid)
+        return sorted(eos)
+
+    def answer_batch(self, questions, pixels, max_new_tokens: Optional[int] = None) -> list[str]:
+        """Single-turn answers for a batch: `questions[i]` about `pixels[i]` (`[P, 3, H, W]`,
+        `[T, P, 3, H, W]` or None). Rows are right-padded into one `generate` call per pixel shape
+        (videos of different lengths go separately); each row continues from its own last token."""
+        groups: dict = {}
+        for i, px in enumerate(pixels):
+            groups.setdefault(None if px is None else tuple(px.shape), []).append(i)
+        answers: list[Optional[str]] = [None] * len(questions)
+        stops = stop_strings(self.template)
+        for shape, rows in groups.items():
+            prompts = [tokenizer_image_token(build_inference_prompt(questions[i], self.template, self.tokenizer,
+                                                                    with_image=shape is not None), self.tokenizer)
+                       for i in rows]
+            width = max(len(p) for p in prompts)
+            ids = np.zeros((len(rows), width), np.int32)
+            mask = np.zeros((len(rows), width), np.int32)
+            for r, p in enumerate(prompts):
+                ids[r, :len(p)], mask[r, :len(p)] = p, 1
+            images = None if shape is None else np.stack([pixels[i] for i in rows])
+            out = generate(self.model, self.params, ids, attention_mask=mask, images=images,
+                           max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=self.temperature,
+                           top_p=self.top_p, eos_token_ids=self.eos_ids(), pad_token_id=-1, rng=self.seed)
+            for r, i in enumerate(rows):
+                toks = [int(t) for t in out[r] if t >= 0]
+                answers[i] = _trim_at_stop(self.tokenizer.decode(toks), stops)[0].strip()
+        return answers
+
+    def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None) -> str:
+        """Answers `question` (the image goes into the first turn); `on_text` receives each new piece
+        of decoded text as it is generated."""
+        ids = np.asarray([self.prompt_ids(question)], np.int32)
+        images = None if self.pixels is None else self.pixels[None]
+        stops = stop_strings(self.template)
+        generated: list[int] = []
+        shown = [""]
+
+        def stream(tokens):
+            generated.append(int(tokens[0]))
+            text, _ = _trim_at_stop(self.tokenizer.decode(generated), stops)
+            if on_text is not None and len(text) > len(shown[0]) and not text.endswith("\ufffd"):
+                on_text(text[len(shown[0]):])
+                shown[0] = text
+
+        generate(self.model, self.params, ids, images=images, max_new_tokens=self.max_new_tokens,
+                 temperature=self.temperature, top_p=self.top_p, eos_token_ids=self.eos_ids(),
+                 pad_token_id=self.tokenizer.pad_id or 0, rng=self.seed, stream=stream)
+        answer, _ = _trim_at_stop(self.tokenizer.decode(generated), stops)
+        answer = answer.strip()
+        if on_text is not None and len(answer) > len(shown[0].strip()):
+            on_text(answer[len(shown[0].strip()):])
+        self.history.append((question, answer))
+        return answer
