@@ -1,9 +1,44 @@
-"""Our converted checkpoint format: an orbax params checkpoint plus a standalone `config.json`."""
+"""Our converted checkpoint format: an orbax params checkpoint plus a standalone `config.json`.
+
+A JAX checkpoint directory (written by `convert.hf_to_jax` or `convert.init_from_parts --format jax`):
+
+    config.json          the HF config, unchanged, plus `vision_config` (the resolved CLIP config)
+    params/              an orbax PyTree checkpoint of the params tree the model uses
+        _METADATA            orbax tree metadata (every leaf, `value_type` np.ndarray)
+        _CHECKPOINT_METADATA orbax step metadata
+        <a.b.c>/             one zarr v2 array per leaf, named by its tree path joined with '.',
+                             uncompressed, chunks of one layer for stacked (scanned) leaves and
+                             at most `CHUNK_BYTES` otherwise
+    tokenizer / processor / generation_config files copied from the source
+
+`params/` is exactly what orbax's `PyTreeCheckpointHandler(use_ocdbt=False)` writes, so
+`ocp.PyTreeCheckpointer().restore(OUT / "params")` and `ocp.StandardCheckpointer().restore(...)`
+read it; `ParamsWriter` writes it one array (or one layer slice of a stacked array) at a time, so
+the whole model is never in memory. `ParamsReader` reads single leaves and layer slices of this
+layout and of orbax's default OCDBT layout (a training `CheckpointManager`'s params item).
+`restore_params` (called by `load_pretrained`) restores straight into shardings.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
+import time
+from collections.abc import Mapping
+from typing import Iterable, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 PARAMS_DIR = "params"
+METADATA_FILE = "_METADATA"
+CHECKPOINT_METADATA_FILE = "_CHECKPOINT_METADATA"
+CHUNK_BYTES = 128 << 20  # largest zarr chunk of an unstacked leaf
+INFLIGHT_BYTES = 512 << 20  # written-but-uncommitted bytes ParamsWriter keeps before waiting
+_PYTREE_HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
+
+Path = tuple[str, ...]
 
 
 def is_jax_checkpoint(path: str) -> bool:
@@ -11,5 +46,252 @@ def is_jax_checkpoint(path: str) -> bool:
     return os.path.isdir(os.path.join(path, PARAMS_DIR))
 
 
-def restore_params(path, cfg, boxed, dtype, mesh=None, shardings=None):
-    raise NotImplementedError("orbax checkpoints are not supported yet")
+def leaf_name(path: Path) -> str:
+    """Orbax's on-disk name of a leaf: its keys joined with '.'."""
+    return ".".join(str(k) for k in path)
+
+
+def chunk_shape(shape: tuple, itemsize: int, stacked: bool) -> list:
+    """Zarr chunks: one layer per chunk for a stacked leaf, then halve the leading free axis until a
+    chunk holds at most `CHUNK_BYTES` (so sharded restores read bounded pieces)."""
+    chunks = [max(int(s), 1) for s in shape]
+    first = 1 if stacked else 0
+    if stacked and chunks:
+        chunks[0] = 1
+    for ax in range(first, len(chunks)):
+        while chunks[ax] > 1 and int(np.prod(chunks, dtype=np.int64)) * itemsize > CHUNK_BYTES:
+            chunks[ax] = -(-chunks[ax] // 2)
+    return chunks
+
+
+def _zarr_dtype(dtype: np.dtype) -> str:
+    """Zarr v2 dtype string: `<f2`-style for numpy types, the name for ml_dtypes (`bfloat16`)."""
+    dt = np.dtype(dtype)
+    return dt.name if dt.kind == "V" else dt.newbyteorder("<").str
+
+
+class ParamsWriter:
+    """Writes an orbax params checkpoint leaf by leaf (stacked leaves layer by layer).
+
+    `leaves`: `{path: (shape, dtype, stacked)}`; a stacked leaf's `shape[0]` is its layer count and
+    is written one `write(path, slice, layer=i)` per layer, the others with one `write(path, array)`.
+    `finish()` checks that everything was written and writes the orbax metadata; a directory
+    without it is not a checkpoint. Writes run asynchronously (tensorstore), at most
+    `INFLIGHT_BYTES` ahead.
+    """
+
+    def __init__(self, directory: str, leaves: dict):
+        import tensorstore as ts
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory)
+        self._t0 = time.time_ns()
+        self._leaves = dict(leaves)
+        self._todo: dict = {}
+        self._stores: dict = {}
+        self._inflight: list = []
+        for path, (shape, dtype, stacked) in self._leaves.items():
+            dt = np.dtype(dtype)
+            spec = {
+                "driver": "zarr",
+                "kvstore": {"driver": "file", "path": os.path.join(self.directory, leaf_name(path))},
+                "metadata": {"shape": [int(s) for s in shape], "chunks": chunk_shape(shape, dt.itemsize, stacked),
+                             "dtype": _zarr_dtype(dt), "compressor": None, "order": "C", "fill_value": None,
+                             "dimension_separator": "."},
+                "create": True, "open": False,
+            }
+            self._stores[path] = ts.open(spec).result()
+            self._todo[path] = set(range(int(shape[0]))) if stacked else {None}
+
+    def write(self, path: Path, array: np.ndarray, layer: Optional[int] = None) -> None:
+        """Writes a whole leaf (`layer=None`) or layer `layer` of a stacked leaf."""
+        if path not in self._leaves:
+            raise KeyError(f"param {leaf_name(path)!r} was not declared for {self.directory}")
+        shape, dtype, stacked = self._leaves[path]
+        want = tuple(shape[1:]) if layer is not None else tuple(shape)
+        a = np.asarray(array)
+        if a.shape != want or a.dtype != np.dtype(dtype):
+            where = f"{leaf_name(path)}" + ("" if layer is None else f"[{layer}]")
+            raise ValueError(f"param {where}: got {a.shape} {a.dtype}, expected {want} {np.dtype(dtype)}")
+        if (layer is None) == stacked or layer not in self._todo[path]:
+            raise ValueError(f"param {leaf_name(path)}: layer={layer} is not (or no longer) to be written "
+                             f"({'stacked' if stacked else 'unstacked'} leaf)")
+        store = self._stores[path] if layer is None else self._stores[path][layer]
+        self._wait(INFLIGHT_BYTES - a.nbytes)
+        self._inflight.append((store.write(a), a.nbytes))
+        self._todo[path].discard(layer)
+
+    def _wait(self, budget: int) -> None:
+        """Waits for the oldest writes until at most `budget` bytes are in flight."""
+        while self._inflight and sum(n for _, n in self._inflight) > max(budget, 0):
+            fut, _ = self._inflight.pop(0)
+            fut.result()
+
+    def finish(self, custom_metadata: Optional[dict] = None) -> None:
+        """Waits for every write, checks completeness, writes the orbax metadata files."""
+        self._wait(0)
+        missing = [leaf_name(p) + ("" if todo == {None} else f" (layers {sorted(todo)[:8]})")
+                   for p, todo in self._todo.items() if todo]
+        if missing:
+            raise ValueError(f"{self.directory}: {len(missing)} params were not written: {missing[:10]}")
+        tree = {str(tuple(path)): {"key_metadata": [{"key": k, "key_type": 2} for k in path],
+                                   "value_metadata": {"value_type": "np.ndarray", "skip_deserialize": False}}
+                for path in self._leaves}
+        _write_json(os.path.join(self.directory, METADATA_FILE), {
+            "tree_metadata": tree, "use_ocdbt": False, "use_zarr3": False,
+            "store_array_data_equal_to_fill_value": True, "custom_metadata": custom_metadata})
+        _write_json(os.path.join(self.directory, CHECKPOINT_METADATA_FILE), {
+            "item_handlers": _PYTREE_HANDLER, "metrics": {}, "performance_metrics": {},
+            "init_timestamp_nsecs": self._t0, "commit_timestamp_nsecs": time.time_ns(), "custom_metadata": {}})
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+class ParamsReader:
+    """Reads leaves (or single layers of stacked leaves) of an orbax params checkpoint: ours, or
+    orbax's default OCDBT / zarr3 layout."""
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+        meta_path = os.path.join(self.directory, METADATA_FILE)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"{meta_path} does not exist: {self.directory} is not an orbax params checkpoint "
+                                    "(was the conversion interrupted?)")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        self.use_ocdbt = bool(meta.get("use_ocdbt", False))
+        self.use_zarr3 = bool(meta.get("use_zarr3", False))
+        self.paths: list[Path] = [tuple(str(k["key"]) for k in entry["key_metadata"])
+                                  for entry in meta["tree_metadata"].values()
+                                  if not entry.get("value_metadata", {}).get("skip_deserialize")]
+        self._stores: dict = {}
+
+    def _store(self, path: Path):
+        if path not in self._stores:
+            import tensorstore as ts
+            if path not in set(self.paths):
+                raise KeyError(f"param {leaf_name(path)!r} is not in {self.directory}")
+            if self.use_ocdbt:
+                kv = {"driver": "ocdbt", "base": f"file://{self.directory}/", "path": leaf_name(path)}
+            else:
+                kv = {"driver": "file", "path": os.path.join(self.directory, leaf_name(path))}
+            spec = {"driver": "zarr3" if self.use_zarr3 else "zarr", "kvstore": kv, "open": True}
+            self._stores[path] = ts.open(spec).result()
+        return self._stores[path]
+
+    def shape_dtype(self, path: Path) -> tuple[tuple, np.dtype]:
+        s = self._store(path)
+        return tuple(int(d) for d in s.shape), np.dtype(s.dtype.numpy_dtype)
+
+    def read(self, path: Path, layer: Optional[int] = None) -> np.ndarray:
+        """Leaf `path` (numpy), or its layer `layer` when stacked."""
+        s = self._store(path)
+        return np.asarray((s if layer is None else s[layer]).read().result())
+
+
+def stored_scan_layout(paths: Iterable[Path]) -> bool:
+    """True when stacked (scanned) layers are stored (`.../layers/...` leaves)."""
+    return any("layers" in p for p in paths)
+
+
+class HFView:
+    """A params checkpoint seen as HF tensors: `read(hf_name)` gives the reference's name, layout
+    and (stored) dtype, one tensor at a time. `names` follow `hf_weights.placements`."""
+
+    def __init__(self, reader: ParamsReader, cfg):
+        from .hf_weights import placements
+        self.reader = reader
+        self.scan_layers = stored_scan_layout(reader.paths)
+        self.placements = {pl.hf_name: pl for pl in placements(cfg, self.scan_layers)}
+        expected = {leaf for pl in self.placements.values() for leaf in pl.leaves}
+        stored = set(reader.paths)
+        if expected != stored:
+            missing = sorted(leaf_name(p) for p in expected - stored)
+            extra = sorted(leaf_name(p) for p in stored - expected)
+            raise ValueError(f"{reader.directory} does not hold the params of this config.json "
+                             f"({cfg.mode} model, scan_layers={self.scan_layers}): missing {missing[:10]}, "
+                             f"unexpected {extra[:10]}")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.placements)
+
+    def read(self, hf_name: str) -> np.ndarray:
+        pl = self.placements[hf_name]
+        return pl.rule.to_hf(tuple(self.reader.read(leaf, pl.layer) for leaf in pl.leaves))
+
+
+def _flatten(tree, prefix: Path = ()) -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, prefix + (str(k),)))
+        else:
+            out[prefix + (str(k),)] = v
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return tree
+
+
+def _target_shardings(boxed, mesh, shardings):
+    """Params-shaped dict of shardings: as given, from the logical rules over `mesh`, or device 0."""
+    import jax
+    from flax import linen as nn
+    if shardings is not None:
+        return shardings
+    if mesh is not None:
+        from .sharding import logical_shardings
+        return logical_shardings(boxed, mesh)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, nn.unbox(boxed))
+
+
+def restore_params(path, cfg, boxed, dtype, mesh=None, shardings=None) -> dict:
+    """Params of `path/params` as jax arrays of `dtype`, each leaf placed straight into its sharding.
+
+    `boxed` is the model's abstract (logically partitioned) params tree. Shardings: `shardings`
+    (a params-shaped tree) as given, else derived from `mesh` by `sharding.LOGICAL_AXIS_RULES`,
+    else the default device. Each device reads only its slice from disk. A checkpoint stored in
+    the other layer layout (scanned vs `scan_layers=False`) is restacked on the host (the whole
+    model passes through host memory once).
+    """
+    import orbax.checkpoint as ocp
+    from flax import linen as nn
+    pdir = os.path.join(os.fspath(path), PARAMS_DIR)
+    reader = ParamsReader(pdir)
+    want = _flatten(nn.unbox(boxed))
+    target = _flatten(_target_shardings(boxed, mesh, shardings))
+    if set(reader.paths) != set(want):
+        return _restore_other_layout(reader, cfg, want, target, dtype)
+    for p, sds in want.items():
+        shape, _ = reader.shape_dtype(p)
+        if shape != tuple(sds.shape):
+            raise ValueError(f"{pdir}: param {leaf_name(p)} has shape {shape}, but config.json gives {tuple(sds.shape)} "
+                             "(does config.json match the params?)")
+    args = _unflatten({p: ocp.ArrayRestoreArgs(sharding=target[p], dtype=dtype, global_shape=tuple(want[p].shape))
+                       for p in want})
+    log.info("restoring %d params from %s", len(want), pdir)
+    return ocp.PyTreeCheckpointer().restore(pdir, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def _restore_other_layout(reader: ParamsReader, cfg, want: dict, target: dict, dtype) -> dict:
+    """Restacks (or unstacks) a checkpoint whose layer layout differs from the model's."""
+    import jax.numpy as jnp
+    from .hf_weights import hf_to_params
+    from .loading import place_with_shardings
+    view = HFView(reader, cfg)  # raises when the leaves fit neither layout
+    log.info("%s stores scan_layers=%s; converting to the model's layout on the host", reader.directory,
+             view.scan_layers)
+    shapes = _unflatten({p: tuple(s.shape) for p, s in want.items()})
+    params = hf_to_params(view.read, cfg, shapes, dtype=np.dtype(jnp.dtype(dtype)))
+    return place_with_shardings(params, _unflatten(target), dtype)

@@ -1,0 +1,114 @@
+"""Our JAX checkpoint directory -> HF PyTorch LLaVA-Mini checkpoint, streaming.
+
+    python -m convert.jax_to_hf --src JAX_DIR --out HF_DIR [--dtype float16|bfloat16|float32]
+        [--max-shard-size 5GB] [--overwrite]
+
+Writes sharded safetensors (`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`,
+or one `model.safetensors` when everything fits one shard) with the reference's tensor names and
+layouts, reading one tensor (one layer slice of a stacked array) at a time, plus `config.json`
+(the JAX directory's, minus `vision_config`: the transformers-4.x config the reference reads;
+`torch_dtype` follows `--dtype` when given) and the tokenizer / processor / generation files.
+Default dtype: each tensor's stored dtype. JAX_DIR may also be an orbax params checkpoint saved
+by training (`params/` in orbax's OCDBT layout) next to a `config.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+from llava_mini_jax.jax_checkpoint import PARAMS_DIR, HFView, ParamsReader, leaf_name
+
+from .checkpoint_config import check_model_type, model_config, read_config, resolve_vision
+from .dtypes import DTYPES, parse_dtype
+from .hf_writer import parse_size, write_config, write_hf_weights
+from .layout import hf_order, hf_shape, leaf_shapes
+from .side_files import copy_side_files
+from .staging import check_output, staged_output
+
+log = logging.getLogger(__name__)
+
+
+def hf_config(config: dict, dtype_name: Optional[str]) -> dict:
+    """The reference's `config.json`: the JAX one without `vision_config`."""
+    out = {k: v for k, v in config.items() if k != "vision_config"}
+    if dtype_name is not None:
+        out["torch_dtype"] = dtype_name
+    return out
+
+
+def check_stored_shapes(reader: ParamsReader, expected: dict, where: str) -> dict:
+    """`{leaf: (shape, dtype)}` of the stored params; ValueError listing leaves whose shape
+    disagrees with config.json."""
+    stored = {p: reader.shape_dtype(p) for p in reader.paths}
+    bad = [f"{leaf_name(p)}: {stored[p][0]} (config.json gives {s})" for p, s in expected.items()
+           if p in stored and stored[p][0] != s]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} params whose shape disagrees with config.json: {bad[:20]}")
+    return stored
+
+
+def tensor_specs(view: HFView, stored: dict, dtype: Optional[np.dtype]) -> list:
+    """`(hf_name, shape, dtype)` of every tensor, in the reference's order."""
+    shapes = {p: sd[0] for p, sd in stored.items()}
+    specs = []
+    for name in hf_order(view.names):
+        pl = view.placements[name]
+        dt = dtype if dtype is not None else np.result_type(*(stored[leaf][1] for leaf in pl.leaves))
+        specs.append((name, hf_shape(pl, shapes), np.dtype(dt)))
+    return specs
+
+
+def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size="5GB",
+                      overwrite: bool = False) -> str:
+    """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`."""
+    src = os.path.abspath(os.fspath(src))
+    out = check_output(out, overwrite)
+    max_bytes = parse_size(max_shard_size)
+    config = read_config(src)
+    check_model_type(config, src)
+    if not os.path.isdir(os.path.join(src, PARAMS_DIR)):
+        raise FileNotFoundError(f"{src} has no {PARAMS_DIR}/ directory: not a JAX checkpoint (convert.hf_to_jax writes "
+                                "one)")
+    vision, _, _ = resolve_vision(config, src)
+    reader = ParamsReader(os.path.join(src, PARAMS_DIR))
+    cfg = model_config(config, vision)
+    view = HFView(reader, cfg)  # detects the stored layer layout; raises on missing / unknown leaves
+    if view.scan_layers != cfg.scan_layers:
+        cfg = model_config(config, vision, scan_layers=view.scan_layers)
+    stored = check_stored_shapes(reader, leaf_shapes(cfg), src)
+    specs = tensor_specs(view, stored, parse_dtype(dtype))
+    want = {name: dt for name, _, dt in specs}
+    with staged_output(out, overwrite) as tmp:
+        write_hf_weights(tmp, specs, lambda n: view.read(n).astype(want[n], copy=False), max_bytes,
+                         desc=f"{os.path.basename(src)} -> safetensors")
+        write_config(tmp, hf_config(config, dtype))
+        copy_side_files([src], tmp)
+    log.info("wrote %s", out)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m convert.jax_to_hf", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", required=True, help="JAX checkpoint directory (config.json + params/)")
+    ap.add_argument("--out", required=True, help="output HF checkpoint directory")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), help="cast every tensor (default: keep the stored dtypes)")
+    ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        convert_jax_to_hf(args.src, args.out, args.dtype, args.max_shard_size, args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
