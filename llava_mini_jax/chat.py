@@ -19,7 +19,7 @@ from .generate import generate
 from .image_processing import ImageProcessorConfig, load_image, process_image
 from .loading import load_pretrained, read_json, resolve_vision_tower
 from .tokenizer import Tokenizer, load_tokenizer
-from .video import process_video
+from .video import process_frame_folder, process_video
 
 
 def default_template(tokenizer: Tokenizer) -> str:
@@ -78,8 +78,7 @@ class ChatSession:
 
     def set_video(self, path, max_frames: Optional[int] = None) -> np.ndarray:
         """Samples ~1 frame per second. Returns `[T, P, 3, H, W]`."""
-        cfg = self.model.config
-        self.pixels, _ = process_video(path, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)
+        self.pixels = self.load_pixels(video=path, max_frames=max_frames)
         self.history = []
         return self.pixels
 
@@ -95,7 +94,8 @@ class ChatSession:
             return process_image(load_image(image), cfg.image_aspect_ratio, cfg.resolution_ratio, self.processor,
                                  mode="inference")
         if video is not None:
-            return process_video(video, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)[0]
+            load = process_frame_folder if os.path.isdir(video) else process_video
+            return load(video, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)[0]
         return None
 
     def eos_ids(self) -> list[int]:

@@ -276,3 +276,29 @@ def process_video(
     indices = frame_indices(info.num_frames, info.fps, rule, max_frames)
     frames = resize_frames_nearest(decode_video(path, indices), frame_size)
     return frames_to_pixels(frames, cfg, resolution_ratio), indices
+
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def process_frame_folder(
+    path: PathLike,
+    cfg: ImageProcessorConfig = DEFAULT_CONFIG,
+    resolution_ratio: int = 1,
+    rule: str = "infer_1fps",
+    max_frames: Optional[int] = None,
+    fps: float = 3.0,
+    frame_size: int = FRAME_SIZE,
+) -> tuple[np.ndarray, list[int]]:
+    """A folder of frame images (sorted by name; e.g. MVBench's ``frames_fps3_hq`` tasks, extracted at
+    ``fps``) treated as a video: same sampling rule, nearest resize and processing as
+    ``process_video``. Only the sampled frames are read."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"frame folder {path!r} does not exist")
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith(FRAME_EXTENSIONS))
+    if not names:
+        raise ValueError(f"frame folder {path!r} holds no images ({', '.join(FRAME_EXTENSIONS)})")
+    indices = frame_indices(len(names), fps, rule, max_frames)
+    frames = np.stack([np.asarray(Image.open(os.path.join(path, names[i])).convert("RGB")) for i in indices])
+    return frames_to_pixels(resize_frames_nearest(frames, frame_size), cfg, resolution_ratio), indices
