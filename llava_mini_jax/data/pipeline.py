@@ -9,9 +9,9 @@
       -> mp_prefetch(worker processes)                optional
       -> batch(batch_size, collate)                   pad to a length bucket, stack pixels
 
-Every element is a pure function of its position, so the iterator state (grain's, plus the
-counters) is a small dict: saving it and restoring it into a fresh pipeline replays exactly the
-batches an uninterrupted run would give, whatever the number of workers.
+Every batch is a pure function of its step, so the iterator state is a small dict (the step and
+the counters): restoring it into a fresh pipeline starts grain at that step and replays exactly
+the batches an uninterrupted run would give, whatever the number of workers.
 
 Usage (training loop)::
 
@@ -108,46 +108,70 @@ def make_collator(config: DataConfig, processor: SampleProcessor) -> Collator:
         video_shape=pixel_shape("video", parts, ip.crop_height, ip.crop_width, config.num_frames))
 
 
-def make_dataset(config: DataConfig, source: Source | None = None
-                 ) -> tuple[grain.IterDataset, BatchOrder, Source]:
-    """The grain dataset of `(arrays, BatchInfo)` batches, with its order and source."""
-    source = open_source(config) if source is None else source
-    order = make_order(config, source)
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside `absl.app` nobody has parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(config: DataConfig, order: BatchOrder, source: Source,
+                 start_step: int = 0) -> grain.IterDataset:
+    """The grain dataset of `(arrays, BatchInfo)` batches from host step `start_step` on."""
     processor = SampleProcessor.from_config(config)
-    ds = _Reordered(grain.MapDataset.source(source), order).map(processor)
+    ds = _Reordered(grain.MapDataset.source(source), order)
+    if start_step:
+        ds = ds[start_step * config.batch_size:]
+    ds = ds.map(processor)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                               prefetch_buffer_size=2 * config.batch_size))
     if config.num_workers:
+        _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=config.num_workers,
             per_worker_buffer_size=config.worker_buffer_size * config.batch_size))
-    ds = ds.batch(config.batch_size, drop_remainder=True,
-                  batch_fn=make_collator(config, processor))
-    return ds, order, source
+    return ds.batch(config.batch_size, drop_remainder=True,
+                    batch_fn=make_collator(config, processor))
 
 
 class TrainIterator:
     """Batches (dicts of numpy arrays) with checkpointable state and bad-sample counters.
 
+    The state is the number of batches consumed (plus the counters): batch `k` is a pure
+    function of `k`, so a pipeline restored with `set_state` starts a fresh grain iterator at
+    batch `k` and yields exactly what the uninterrupted run would, whatever `num_workers` either
+    run used.
+
     Attributes:
       steps_per_epoch: batches per epoch on this host. order, source: what it iterates.
+      step: batches yielded so far (over all epochs).
       stats: counters: "batches", "rows", "skipped", "skipped/<reason>", "fully_masked",
         "bad_record" (records dropped when the json was read).
       last_info: the `BatchInfo` of the last batch.
     """
 
-    def __init__(self, dataset: grain.IterDataset, order: BatchOrder, source: Source):
-        self.order, self.source = order, source
+    def __init__(self, config: DataConfig, order: BatchOrder, source: Source):
+        self.config, self.order, self.source = config, order, source
         self.steps_per_epoch = order.steps_per_epoch
-        self._it = iter(dataset)
+        self.step = 0
+        self._it = None
         self.stats: collections.Counter = collections.Counter(source.bad_counts)
         self.last_info: BatchInfo | None = None
 
     def __iter__(self) -> "TrainIterator":
         return self
 
+    def __len__(self) -> int:
+        return self.order.num_steps
+
     def __next__(self) -> dict:
+        if self.step >= self.order.num_steps:
+            raise StopIteration
+        if self._it is None:
+            self._it = iter(make_dataset(self.config, self.order, self.source, self.step))
         arrays, info = next(self._it)
+        self.step += 1
         self._count(info)
         self.last_info = info
         return arrays
@@ -166,22 +190,40 @@ class TrainIterator:
                            "the reference does); %d so far", sid, self.stats["fully_masked"])
 
     def get_state(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot: grain's iterator state and the counters."""
-        return {"grain": self._it.get_state(), "stats": dict(self.stats)}
+        """A JSON-serialisable snapshot: the step, what it must match, and the counters."""
+        return {"step": self.step, "steps_per_epoch": self.steps_per_epoch,
+                "batch_size": self.config.batch_size, "seed": self.config.seed,
+                "stats": dict(self.stats)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Resumes from `get_state()` (of this or an identically configured pipeline)."""
-        if not isinstance(state, dict) or "grain" not in state:
-            raise ValueError(f"not a TrainIterator state (expected keys 'grain', 'stats'): "
+        """Resumes from `get_state()` of an identically configured pipeline.
+
+        Raises:
+          ValueError: not such a state, or one saved with another batch size, seed or epoch
+            length (the batches would not line up).
+        """
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError(f"not a TrainIterator state (expected keys 'step', 'stats', ...): "
                              f"{state!r:.200}")
-        self._it.set_state(state["grain"])
+        mine = {"steps_per_epoch": self.steps_per_epoch, "batch_size": self.config.batch_size,
+                "seed": self.config.seed}
+        for key, value in mine.items():
+            if key in state and state[key] != value:
+                raise ValueError(f"iterator state has {key}={state[key]!r} but this pipeline has "
+                                 f"{value!r}; resume with the configuration it was saved with")
+        step = int(state["step"])
+        if not 0 <= step <= self.order.num_steps:
+            raise ValueError(f"iterator state step={step} outside 0..{self.order.num_steps}")
+        self.close()
+        self.step = step
         self.stats = collections.Counter(state.get("stats", {}))
 
     def close(self) -> None:
-        """Stops worker processes (if any)."""
+        """Stops worker processes (if any); iteration can go on (a new grain iterator starts)."""
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+        self._it = None
 
 
 def make_train_pipeline(config: DataConfig) -> tuple[TrainIterator, int]:
@@ -198,8 +240,9 @@ def make_train_pipeline(config: DataConfig) -> tuple[TrainIterator, int]:
     """
     if not os.fspath(config.tokenizer_path):
         raise ValueError("DataConfig.tokenizer_path is empty")
-    dataset, order, source = make_dataset(config)
+    source = open_source(config)
+    order = make_order(config, source)
     logger.info("training data: %d records, %d steps per epoch of %d rows on host %d/%d",
                 len(source), order.steps_per_epoch, config.batch_size, order.process_index,
                 order.process_count)
-    return TrainIterator(dataset, order, source), order.steps_per_epoch
+    return TrainIterator(config, order, source), order.steps_per_epoch
