@@ -74,3 +74,19 @@ def resolve_vision(config: dict, directory: str, override: Optional[str] = None
 
 def model_config(config: dict, vision: ClipVisionConfig, **overrides) -> LlavaMiniConfig:
     return LlavaMiniConfig.from_hf_dict(config, vision, **overrides)
+
+
+def legacy_llm_config(config: dict) -> dict:
+    """An HF Llama `config.json` in the transformers-4.x form the reference reads: transformers 5
+    writes `rope_parameters` (holding `rope_theta`) and `dtype`; 4.x reads `rope_theta`,
+    `rope_scaling` (None for plain RoPE) and `torch_dtype`."""
+    d = dict(config)
+    if isinstance(d.get("rope_parameters"), dict):
+        rope = dict(d.pop("rope_parameters"))
+        d["rope_theta"] = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        d["rope_scaling"] = None if rope.get("rope_type", rope.get("type", "default")) == "default" else rope
+    d.setdefault("rope_scaling", None)
+    if "dtype" in d:
+        dt = d.pop("dtype")
+        d.setdefault("torch_dtype", dt)
+    return d
