@@ -61,6 +61,6 @@ def test_eval_cli_end_to_end(bench, ckpt, tmp_path, capsys):
     assert len(answers) == row["count"]
     table = json.loads(out.with_suffix(".json").read_text())
     assert [r["benchmark"] for r in table["rows"]] == [bench]
-    assert bench in out.read_text() and "paper" in out.read_text().lower()
+    assert b.title in out.read_text() and "Paper" in out.read_text()
     if not b.is_server_scored(split) and not b.judged:
         assert row["ours"] is not None and 0 <= float(row["ours"]) <= (2800 if bench == "mme" else 100)
