@@ -174,6 +174,11 @@ class LlamaConfig:
                                "num_attention_heads") if k not in d]
         if missing:
             raise ValueError(f"config.json lacks Llama fields {missing}")
+        # transformers >= 5 writes `rope_parameters` (with rope_theta inside) instead of rope_theta/rope_scaling
+        rope = d["rope_parameters"] if isinstance(d.get("rope_parameters"), dict) else {}
+        scaling = d.get("rope_scaling")
+        if scaling is None and rope.get("rope_type", rope.get("type", "default")) != "default":
+            scaling = rope
         return cls(
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -183,8 +188,8 @@ class LlamaConfig:
             num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
             head_dim=d.get("head_dim"),
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=d.get("rope_theta", 10000.0),
-            rope_scaling=RopeScaling.from_hf_dict(d.get("rope_scaling")),
+            rope_theta=d.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rope_scaling=RopeScaling.from_hf_dict(scaling),
             max_position_embeddings=d.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             pad_token_id=d.get("pad_token_id"),
