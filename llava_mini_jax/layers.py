@@ -94,6 +94,7 @@ def run_layers(layer_cls, layer_kwargs: dict, num_layers: int, carry, broadcast_
             module_cls = nn.map_variables(
                 scanned(num_used), "params", init=False,
                 trans_in_fn=lambda v: jax.tree.map(lambda a: a[:num_used], v))
+            scanned_args = jax.tree.map(lambda a: a[:num_used], scanned_args)
         return module_cls(**layer_kwargs, name=name)(carry, *broadcast_args, *scanned_args)
     outs = []
     for i in range(num_layers if initializing else num_used):
