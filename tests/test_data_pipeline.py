@@ -173,3 +173,32 @@ def test_llama31_template_through_the_pipeline(data):
         assert supervised[-1] == eot  # each answer ends with its <|eot_id|>
         assert batch["input_ids"][row, batch["attention_mask"][row].sum() - 1] == eot
     assert (batch["input_ids"][:, 0] == 2000).all()  # one <|begin_of_text|>
+
+
+def test_resume_refuses_a_state_from_another_configuration(data):
+    it, _ = make_train_pipeline(config(data))
+    next(it)
+    state = it.get_state()
+    other, _ = make_train_pipeline(config(data, seed=4))
+    with pytest.raises(ValueError, match="seed=3 but this pipeline has 4"):
+        other.set_state(state)
+    with pytest.raises(ValueError, match="not a TrainIterator state"):
+        other.set_state({"grain": {}})
+    with pytest.raises(ValueError, match="step=999 outside"):
+        it.set_state({**state, "step": 999})
+
+
+def test_iterator_ends_after_num_epochs(data):
+    it, steps = make_train_pipeline(config(data, num_epochs=2))
+    assert len(it) == 2 * steps
+    assert sum(1 for _ in it) == 2 * steps
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_batches_pass_the_models_input_checks(data):
+    from llava_mini_jax.model import validate_inputs
+
+    batches, _, _ = run(config(data, group_by_modality_length=True))
+    for batch, _ in batches:
+        validate_inputs(batch["input_ids"], batch["attention_mask"], batch["images"])

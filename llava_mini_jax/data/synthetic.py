@@ -37,12 +37,15 @@ def write_synthetic_dataset(root: Union[str, os.PathLike], num_images: int = 16,
                             num_text: int = 8, num_videos: int = 0, *, seed: int = 0,
                             image_size: tuple[int, int] = (48, 40), video_frames: int = 10,
                             rounds: tuple[int, int] = (1, 3), jsonl: bool = False,
-                            progress: bool = False) -> str:
+                            image_format: str = "mixed", progress: bool = False) -> str:
     """Writes `root/{images,videos}/` and `root/data.json[l]`; returns the json path.
 
     Records are interleaved at random; ids are `img<k>`, `txt<k>`, `vid<k>`. Image sizes vary
     by up to +-50% around `image_size` (W, H); every conversation has 1..`rounds[1]-1` rounds.
+    `image_format`: "png", "jpg", or "mixed" (alternating).
     """
+    if image_format not in ("png", "jpg", "mixed"):
+        raise ValueError(f"image_format={image_format!r}: expected 'png', 'jpg' or 'mixed'")
     rng = np.random.default_rng(seed)
     root = os.fspath(root)
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
@@ -61,7 +64,8 @@ def write_synthetic_dataset(root: Union[str, os.PathLike], num_images: int = 16,
     records = []
     for k in tqdm(range(num_images), desc="synthetic images", disable=not progress):
         w, h = (max(8, int(s * rng.uniform(0.5, 1.5))) for s in image_size)
-        name = f"images/{k:05d}.{'png' if k % 2 else 'jpg'}"
+        ext = image_format if image_format != "mixed" else ("png" if k % 2 else "jpg")
+        name = f"images/{k:05d}.{ext}"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
             os.path.join(root, name))
         records.append({"id": f"img{k}", "image": name, "conversations": conversation("<image>")})
