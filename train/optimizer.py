@@ -1,0 +1,140 @@
+"""AdamW over parameter groups, with frozen parameters that get no gradient and no state.
+
+A parameter's group is the first `optimizer.groups` entry with a `match` regex found in its
+`a/b/c` path (e.g. `mm_projector/linear_0/kernel`); a parameter in no group, matching
+`optimizer.freeze`, or under `NEVER_TRAINED` is frozen. The train step differentiates only the
+trainable parameters (`state.split`), so frozen ones cost no weight-gradient compute, hold no
+optimiser state and stay bit-identical.
+
+The transformation is
+`clip_by_global_norm_torch(max_grad_norm) -> multi_transform({group: adamw(schedule_g, b1, b2,
+eps, weight_decay_g, mask=decay)})`: one global norm over every trainable gradient (as the
+PyTorch trainer clips all parameters together), then per-group AdamW. `optax.adamw` applies the
+decoupled decay `lr * wd * p` with the pre-update `p`, which is what `torch.optim.AdamW` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import ConfigError, OptimizerConfig, ScheduleConfig
+from .schedule import make_schedule
+
+log = logging.getLogger(__name__)
+
+Path = tuple[str, ...]
+
+# The model runs the vision tower under stop_gradient and the compressor's sin-cos table is
+# fixed (SPEC A §11): neither can ever train.
+NEVER_TRAINED = (r"^vision_tower/", r"^compressor/pos_embed$")
+
+
+def path_str(path: Path) -> str:
+    return "/".join(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamPlan:
+    """Which group each parameter trains in (None: frozen), and which get weight decay."""
+
+    groups: dict  # Path -> group name | None
+    decay: dict  # Path -> bool
+
+    @property
+    def trainable(self) -> frozenset:
+        return frozenset(p for p, g in self.groups.items() if g is not None)
+
+    def summary(self, shapes: Optional[dict] = None) -> dict:
+        """`{group or "frozen": number of params (or of elements when shapes are given)}`."""
+        out: dict = {}
+        for p, g in self.groups.items():
+            n = 1
+            if shapes is not None:
+                for d in shapes[p]:
+                    n *= d
+            out[g or "frozen"] = out.get(g or "frozen", 0) + n
+        return out
+
+
+def plan_params(paths, cfg: OptimizerConfig) -> ParamPlan:
+    """Assigns every param path (tuples of names) to a group or to frozen."""
+    try:
+        never = [re.compile(r) for r in NEVER_TRAINED]
+        freeze = [re.compile(r) for r in cfg.freeze]
+        groups = [(g.name, [re.compile(r) for r in g.match]) for g in cfg.groups]
+        no_decay = [re.compile(r) for r in cfg.no_decay]
+    except re.error as e:
+        raise ConfigError(f"optimizer: bad regex {e.pattern!r}: {e}") from e
+    assign, decay = {}, {}
+    for path in paths:
+        s = path_str(path)
+        name = None
+        if not any(r.search(s) for r in never + freeze):
+            name = next((n for n, rs in groups if any(r.search(s) for r in rs)), None)
+        assign[path] = name
+        decay[path] = not any(r.search(s) for r in no_decay)
+    used = {g for g in assign.values() if g is not None}
+    empty = [g.name for g in cfg.groups if g.name not in used]
+    if empty:
+        log.warning("optimizer groups %s match no trainable parameter", empty)
+    if not used:
+        raise ConfigError(f"optimizer: no parameter is trainable (groups {[g.name for g in cfg.groups]}, freeze "
+                          f"{list(cfg.freeze)}, always frozen {list(NEVER_TRAINED)})")
+    return ParamPlan(assign, decay)
+
+
+class ClipState(NamedTuple):
+    pass
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """`torch.nn.utils.clip_grad_norm_`: scale by `min(1, max_norm / (norm + 1e-6))`."""
+    def init(params):
+        del params
+        return ClipState()
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+    return optax.GradientTransformation(init, update)
+
+
+def _unflatten(flat: dict) -> dict:
+    from flax import traverse_util
+    return traverse_util.unflatten_dict(flat)
+
+
+def make_optimizer(cfg: OptimizerConfig, sched: ScheduleConfig, plan: ParamPlan, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, dict[str, Callable]]:
+    """`(tx, {group: schedule})` for the trainable subtree (the params `plan.trainable` selects)."""
+    trainable = plan.trainable
+    labels = _unflatten({p: plan.groups[p] for p in trainable})
+    decay_mask = _unflatten({p: plan.decay[p] for p in trainable})
+    schedules, inner = {}, {}
+    for g in cfg.groups:
+        schedules[g.name] = make_schedule(sched, g.lr, total_steps)
+        wd = cfg.weight_decay if g.weight_decay is None else g.weight_decay
+        inner[g.name] = optax.adamw(schedules[g.name], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd,
+                                    mask=decay_mask)
+    used = set(plan.groups[p] for p in trainable)
+    inner = {k: v for k, v in inner.items() if k in used}
+    schedules = {k: v for k, v in schedules.items() if k in used}
+    parts = []
+    if cfg.max_grad_norm is not None:
+        parts.append(clip_by_global_norm_torch(cfg.max_grad_norm))
+    parts.append(optax.multi_transform(inner, labels))
+    return optax.chain(*parts), schedules
+
+
+def tree_paths(tree: Any) -> list[Path]:
+    """The `a/b/c` key paths of a nested-dict params tree."""
+    from flax import traverse_util
+    return list(traverse_util.flatten_dict(tree).keys())
