@@ -19,7 +19,9 @@ Training supervision (`tokenize_conversation`):
   mismatch rule that masks a whole sample (`fully_masked`);
 * `llava_llama_3_1`: library decision D10. The reference's arithmetic masks every sample with
   Meta's template; here every assistant message's tokens and its closing end-of-turn token are
-  supervised, nothing else, and no sample is ever fully masked.
+  supervised, nothing else, and no sample is ever fully masked. A chat template that appends the
+  assistant header even without `add_generation_prompt` (the released checkpoint's; fixture
+  `llama31_alwaysgen`) trains identically: the trailing header is dropped from the prompt.
 """
 
 from __future__ import annotations

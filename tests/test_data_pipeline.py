@@ -202,3 +202,17 @@ def test_batches_pass_the_models_input_checks(data):
     batches, _, _ = run(config(data, group_by_modality_length=True))
     for batch, _ in batches:
         validate_inputs(batch["input_ids"], batch["attention_mask"], batch["images"])
+
+
+def test_stage1_captions_from_jsonl_with_the_plain_template(tmp_path):
+    path = write_synthetic_dataset(tmp_path, num_images=8, num_text=0, rounds=(1, 2), jsonl=True)
+    cfg = DataConfig(data_path=path, image_folder=tmp_path, tokenizer_path=VICUNA, template="plain",
+                     image_processor=TINY, batch_size=4, read_threads=0, process_index=0,
+                     process_count=1, model_max_length=128)
+    batches, steps, it = run(cfg)
+    assert steps == 2 and it.stats["skipped"] == 0
+    for batch, _ in batches:
+        assert (batch["input_ids"][:, :2] == [1, -200]).all()  # [BOS, image] then the caption
+        assert (batch["labels"][:, :2] == -100).all() and (batch["labels"][:, 2] != -100).all()
+        last = batch["attention_mask"].sum(1) - 1
+        assert (batch["labels"][np.arange(4), last] != -100).all()  # the caption's "\n"

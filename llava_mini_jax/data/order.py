@@ -76,11 +76,6 @@ class BatchOrder:
                              f"{process_count} hosts) with group_by_modality_length="
                              f"{group_by_modality_length}")
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_cache"] = {}
-        return state
-
     @property
     def global_batch(self) -> int:
         return self.batch_size * self.process_count
