@@ -159,6 +159,11 @@ def test_bad_samples_are_counted_and_never_crash(data, tmp_path, caplog):
             assert (batch["labels"][row] == -100).all()
     with pytest.raises(BadSampleError):
         run(config(data, data_path=str(p), shuffle=False, batch_size=5, on_bad_sample="raise"))
+    p2 = tmp_path / "bad_media_only.json"
+    p2.write_text(json.dumps(records[:12] + bad[:1]))
+    with pytest.raises(BadSampleError, match="'gone'"):  # raised in a worker, re-raised here
+        run(config(data, data_path=str(p2), shuffle=False, batch_size=13, on_bad_sample="raise",
+                   num_workers=1))
 
 
 def test_llama31_template_through_the_pipeline(data):

@@ -96,3 +96,10 @@ def test_record_table_round_trip_and_pickle():
     clone = pickle.loads(pickle.dumps(table))
     assert clone[4] == records[4]
     assert isinstance(clone.blob, np.ndarray)
+
+
+def test_bad_sample_error_pickles():
+    """It must cross from a grain worker process to the host intact."""
+    err = pickle.loads(pickle.dumps(R.BadSampleError("too_long", "x7", "300 tokens")))
+    assert (err.reason, err.sample_id, err.message) == ("too_long", "x7", "300 tokens")
+    assert str(err) == "sample 'x7': 300 tokens"

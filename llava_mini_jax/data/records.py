@@ -41,6 +41,10 @@ class BadSampleError(ValueError):
         super().__init__(f"sample {sample_id!r}: {message}")
         self.reason = reason
         self.sample_id = sample_id
+        self.message = message
+
+    def __reduce__(self):  # picklable, so that it crosses from grain workers to the host
+        return type(self), (self.reason, self.sample_id, self.message)
 
 
 def read_llava_json(path: str | os.PathLike) -> list[dict]:
