@@ -60,7 +60,8 @@ class DataConfig:
         `process_count > 1` (all hosts must agree on the shape of a step).
       process_index, process_count: this host and the number of hosts; None takes
         `jax.process_index()` / `jax.process_count()`.
-      num_workers: grain worker processes (0: everything in this process).
+      num_workers: grain worker processes (0: everything in this process). grain starts them
+        with "spawn", so a script using workers needs an `if __name__ == "__main__":` guard.
       worker_buffer_size: batches each worker prepares ahead.
       read_threads: threads per process decoding samples (PIL releases the GIL).
       on_bad_sample: "skip" (an inert row takes its place in the batch and a counted warning is

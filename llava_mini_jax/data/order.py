@@ -87,13 +87,14 @@ class BatchOrder:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The global order of `epoch`: `[steps_per_epoch * global_batch]` record indices."""
-        if epoch not in self._cache:
+        order = self._cache.get(epoch)
+        if order is None:  # read threads may race here: both compute the same order
             order = np.asarray(self._raw_order(epoch), np.int64)
-            usable = len(order) // self.global_batch * self.global_batch
-            if len(self._cache) > 2:
-                self._cache.clear()
-            self._cache[epoch] = order[:usable]
-        return self._cache[epoch]
+            order = order[:len(order) // self.global_batch * self.global_batch]
+            cache = {} if len(self._cache) > 2 else dict(self._cache)
+            cache[epoch] = order
+            self._cache = cache
+        return order
 
     def host_batches(self, epoch: int) -> np.ndarray:
         """`[steps_per_epoch, batch_size]` record indices of this host's batches in `epoch`."""
