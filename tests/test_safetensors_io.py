@@ -1,0 +1,86 @@
+"""safetensors_io.py: `CheckpointReader` on single-file and sharded directories written here with the
+`safetensors` package, and its errors. Exact comparisons."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from llava_mini_jax.safetensors_io import INDEX_NAME, CheckpointReader
+
+RNG = np.random.default_rng(0)
+TENSORS = {
+    "model.a.weight": RNG.standard_normal((3, 4)).astype(np.float32),
+    "model.b.bias": np.arange(5, dtype=np.int64),
+    "model.c.weight": RNG.standard_normal((2, 2, 2)).astype(np.float16),
+    "lm_head.weight": RNG.standard_normal((6, 3)).astype(np.float32),
+}
+
+
+def _sharded(tmp_path, shards=("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")):
+    names = list(TENSORS)
+    split = {shards[0]: names[:2], shards[1]: names[2:]}
+    for shard, keys in split.items():
+        save_file({k: TENSORS[k] for k in keys}, str(tmp_path / shard))
+    index = {"metadata": {"total_size": 0}, "weight_map": {k: s for s, keys in split.items() for k in keys}}
+    (tmp_path / INDEX_NAME).write_text(json.dumps(index))
+    return split
+
+
+def _check_all(reader):
+    assert sorted(reader.names()) == sorted(TENSORS)
+    for name, want in TENSORS.items():
+        got = reader.read(name)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_single_file(tmp_path):
+    save_file(TENSORS, str(tmp_path / "model.safetensors"))
+    with CheckpointReader(tmp_path) as reader:
+        _check_all(reader)
+        assert reader.shard_files == ["model.safetensors"]
+        assert reader.shape_dtype("model.c.weight") == ((2, 2, 2), "F16")
+        assert reader.shape_dtype("model.b.bias") == ((5,), "I64")
+        with pytest.raises(KeyError, match="'nope' is not in the checkpoint"):
+            reader.read("nope")
+
+
+def test_single_file_with_another_name(tmp_path):
+    save_file(TENSORS, str(tmp_path / "weights.safetensors"))
+    _check_all(CheckpointReader(str(tmp_path)))
+
+
+def test_sharded_directory(tmp_path):
+    split = _sharded(tmp_path)
+    with CheckpointReader(tmp_path) as reader:
+        _check_all(reader)
+        assert reader.shard_files == sorted(split)
+        pairs = list(reader.iter_by_shard())
+        assert [s for s, _ in pairs] == sorted(s for s, keys in split.items() for _ in keys)  # grouped by shard
+        assert {n for _, n in pairs} == set(TENSORS)
+        reader.read("lm_head.weight")
+        reader.read("model.a.weight")
+        assert len(reader._open) == 1  # one shard mapped at a time
+    assert not reader._open  # closed on exit
+
+
+def test_missing_shard_named_in_index(tmp_path):
+    split = _sharded(tmp_path)
+    gone = sorted(split)[1]
+    (tmp_path / gone).unlink()
+    with pytest.raises(FileNotFoundError, match=gone):
+        CheckpointReader(tmp_path)
+
+
+def test_empty_directory_and_ambiguous_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model.safetensors.index.json and no"):
+        CheckpointReader(tmp_path)
+    save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file({"y": np.zeros(2, np.float32)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(FileNotFoundError, match="2 safetensors files but no model.safetensors.index.json"):
+        CheckpointReader(tmp_path)
+    save_file(TENSORS, str(tmp_path / "model.safetensors"))  # then model.safetensors is the checkpoint
+    _check_all(CheckpointReader(tmp_path))
