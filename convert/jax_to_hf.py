@@ -25,6 +25,7 @@ from llava_mini_jax.jax_checkpoint import PARAMS_DIR, HFView, ParamsReader, leaf
 
 from .checkpoint_config import check_model_type, model_config, read_config, resolve_vision
 from .dtypes import DTYPES, parse_dtype
+from .fast_layout import for_to_hf
 from .hf_writer import parse_size, write_config, write_hf_weights
 from .layout import hf_order, hf_shape, leaf_shapes
 from .side_files import copy_side_files
@@ -63,6 +64,16 @@ def tensor_specs(view: HFView, stored: dict, dtype: Optional[np.dtype]) -> list:
     return specs
 
 
+def read_tensor(view: HFView, name: str, shape: tuple) -> np.ndarray:
+    """HF tensor `name` (of HF shape `shape`) from the params, as `view.read` but with the
+    transpose done by `fast_layout`."""
+    pl = view.placements[name]
+    parts = tuple(view.reader.read(leaf, pl.layer) for leaf in pl.leaves)
+    if len(parts) == 1:
+        parts = (for_to_hf(parts[0], shape),)
+    return pl.rule.to_hf(parts)
+
+
 def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size="5GB",
                       overwrite: bool = False) -> str:
     """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`."""
@@ -82,9 +93,9 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
         cfg = model_config(config, vision, scan_layers=view.scan_layers)
     stored = check_stored_shapes(reader, leaf_shapes(cfg), src)
     specs = tensor_specs(view, stored, parse_dtype(dtype))
-    want = {name: dt for name, _, dt in specs}
+    want = {name: (shape, dt) for name, shape, dt in specs}
     with staged_output(out, overwrite) as tmp:
-        write_hf_weights(tmp, specs, lambda n: view.read(n).astype(want[n], copy=False), max_bytes,
+        write_hf_weights(tmp, specs, lambda n: read_tensor(view, n, want[n][0]).astype(want[n][1], copy=False), max_bytes,
                          desc=f"{os.path.basename(src)} -> safetensors")
         write_config(tmp, hf_config(config, dtype))
         copy_side_files([src], tmp)

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from llava_mini_jax.jax_checkpoint import ParamsWriter, leaf_name
 
+from .fast_layout import for_to_jax
 from .layout import Expected
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def write_params(directory: str, source, expected: dict[str, Expected], shapes: 
         for name in order:
             pl = expected[name].placement
             a = source.read(name)
+            if len(pl.leaves) == 1:  # same values, memory order that makes the rule's transpose a view
+                a = for_to_jax(a, shapes[pl.leaves[0]][1:] if pl.layer is not None else shapes[pl.leaves[0]])
             for leaf, part in zip(pl.leaves, pl.rule.to_jax(a)):
                 writer.write(leaf, part.astype(dtypes[leaf], copy=False), pl.layer)
             bar.update(a.nbytes)

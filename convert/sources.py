@@ -21,11 +21,19 @@ Shape = tuple[int, ...]
 
 
 class SafetensorsWeights:
-    """A safetensors checkpoint directory (`CheckpointReader`), dtypes as numpy dtypes."""
+    """A safetensors checkpoint directory (`CheckpointReader`), dtypes as numpy dtypes.
+
+    The shard's memory map is dropped after every `UNMAP_BYTES` read: mapped pages count as
+    resident memory, and nothing read is needed again, so peak memory does not grow with the
+    shard size.
+    """
+
+    UNMAP_BYTES = 256 << 20
 
     def __init__(self, directory: str):
         self.location = directory
         self._reader = CheckpointReader(directory)
+        self._mapped = 0
 
     def names(self) -> list[str]:
         return [name for _, name in self._reader.iter_by_shard()]
@@ -35,7 +43,12 @@ class SafetensorsWeights:
         return shape, numpy_dtype(dtype)
 
     def read(self, name: str) -> np.ndarray:
-        return self._reader.read(name)
+        a = self._reader.read(name)
+        self._mapped += a.nbytes
+        if self._mapped >= self.UNMAP_BYTES:
+            self._reader.close()  # reopened (cheaply) by the next read
+            self._mapped = 0
+        return a
 
     def close(self) -> None:
         self._reader.close()

@@ -35,7 +35,7 @@ PARAMS_DIR = "params"
 METADATA_FILE = "_METADATA"
 CHECKPOINT_METADATA_FILE = "_CHECKPOINT_METADATA"
 CHUNK_BYTES = 128 << 20  # largest zarr chunk of an unstacked leaf
-INFLIGHT_BYTES = 512 << 20  # written-but-uncommitted bytes ParamsWriter keeps before waiting
+INFLIGHT_BYTES = 256 << 20  # written-but-uncommitted bytes ParamsWriter keeps before waiting
 _PYTREE_HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
 
 Path = tuple[str, ...]
