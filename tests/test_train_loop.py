@@ -1,0 +1,101 @@
+"""train.loop: non-finite steps (stop naming the step and the last good checkpoint, or skip and
+count), configs that do not fit the mesh fail before any compile, metrics records."""
+import functools
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import train.loop as loop
+from train.config import ConfigError
+from train.tiny import tiny_train_config, write_tiny_model
+
+TOTAL = 6
+
+
+@functools.lru_cache(maxsize=None)
+def _model_json():
+    return write_tiny_model(tempfile.mkdtemp(prefix="tiny_mini_"), "mini")
+
+
+def config(run_dir=None, mesh=(1, 1, 1), devices=1, **train_kw):
+    d, f, t = mesh
+    ck = {"dir": str(run_dir), "every_steps": 2} if run_dir else {"dir": None}
+    return tiny_train_config(_model_json(), mesh={"data": d, "fsdp": f, "tensor": t, "devices": devices},
+                             train={"max_steps": TOTAL, **train_kw}, checkpoint=ck)
+
+
+class _Corrupt:
+    """Wraps a data iterator: the batches of steps `bad` (1-based) get NaN pixels."""
+
+    def __init__(self, it, bad):
+        self.it, self.bad, self.n = it, set(bad), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = next(self.it)
+        self.n += 1
+        if self.n in self.bad:
+            b = dict(b, images=np.full_like(b["images"], np.nan))
+        return b
+
+    def get_state(self):
+        return {"inner": self.it.get_state(), "n": self.n}
+
+    def set_state(self, s):
+        self.it.set_state(s["inner"])
+        self.n = s["n"]
+
+
+@pytest.fixture
+def corrupt(monkeypatch):
+    def install(bad):
+        real = loop.make_pipeline
+
+        def make(*a, **k):
+            it, spe = real(*a, **k)
+            return _Corrupt(it, bad), spe
+        monkeypatch.setattr(loop, "make_pipeline", make)
+    return install
+
+
+def test_nonfinite_stops_naming_step_and_last_good_checkpoint(corrupt, tmp_path):
+    corrupt({3})
+    with pytest.raises(loop.NonFiniteError) as e:
+        loop.train(config(tmp_path))
+    msg = str(e.value)
+    assert "at step 3" in msg and os.path.join(str(tmp_path), "2") in msg
+    assert sorted(n for n in os.listdir(tmp_path) if n.isdigit()) == ["2"]  # nothing written after it
+
+
+def test_nonfinite_skip_counts_and_goes_on(corrupt):
+    corrupt({2, 4})
+    seen = []
+    r = loop.train(config(nonfinite="skip"), on_step=seen.append)
+    assert r.stopped == "finished" and r.step == TOTAL and r.skipped == 2
+    assert [rec["finite"] for rec in seen] == [True, False, True, False, True, True]
+    assert [rec["skipped"] for rec in seen] == [0, 1, 1, 2, 2, 2]
+    corrupt({1, 2, 3})
+    with pytest.raises(loop.NonFiniteError, match="max_skipped=1"):
+        loop.train(config(nonfinite="skip", max_skipped=1))
+
+
+@pytest.mark.parametrize("mesh,devices,kw,match", [
+    ((3, 1, 1), None, {}, "mesh data=3 fsdp=1 tensor=1 needs 3 devices, found 8"),
+    ((-1, 3, 1), None, {}, r"the fixed sizes \(3\) do not divide the 8 devices"),
+    ((8, 1, 1), None, {"grad_accum_steps": 2}, "4 rows per micro-batch, not divisible by the mesh's data x fsdp = "
+                                               "8 x 1 = 8 devices"),
+    ((1, 1, 1), 1, {"loss_reduction": "reference", "reference_rows": 3}, "reference_rows=3 does not divide"),
+])
+def test_config_that_does_not_fit_the_mesh_fails_before_compiling(monkeypatch, mesh, devices, kw, match):
+    monkeypatch.setattr(loop, "build_trainer", lambda *a, **k: pytest.fail("got past the checks"))
+    with pytest.raises(ConfigError, match=match):
+        loop.train(config(mesh=mesh, devices=devices, **kw))
+
+
+def test_unknown_mesh_axis_in_rules():
+    with pytest.raises(ConfigError, match="unknown mesh axis 'model'"):
+        tiny_train_config(_model_json(), mesh={"rules": {"embed": "model"}})
