@@ -238,13 +238,18 @@ def hf_to_params(read: Callable[[str], np.ndarray], cfg: LlavaMiniConfig, shapes
     """
     params: dict = {}
     for pl in placements(cfg, scan_layers):
-        arrays = pl.rule.to_jax(read(pl.hf_name))
+        src = read(pl.hf_name)
+        hint = "(does config.json match the weights?)"
+        try:
+            arrays = pl.rule.to_jax(src)
+        except ValueError as e:  # e.g. a per-head reshape of a wrongly sized tensor
+            raise ValueError(f"{pl.hf_name}: shape {tuple(src.shape)} cannot be converted ({e}) {hint}") from e
         for leaf, a in zip(pl.leaves, arrays):
             want = tuple(_get(shapes, leaf))
             got = a.shape if pl.layer is None else (want[0],) + a.shape
             if got != want:
-                raise ValueError(f"{pl.hf_name}: shape {a.shape} does not fit param {'/'.join(leaf)} of shape {want} "
-                                 "(does config.json match the weights?)")
+                raise ValueError(f"{pl.hf_name}: shape {tuple(src.shape)} (as {a.shape}) does not fit param "
+                                 f"{'/'.join(leaf)} of shape {want} {hint}")
             a = a if dtype is None else a.astype(dtype)
             if pl.layer is None:
                 _set(params, leaf, a)

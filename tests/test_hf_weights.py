@@ -100,7 +100,8 @@ def test_layouts_by_hand():
     np.testing.assert_array_equal(p["prefusion"]["layers"]["self_attn"]["k_proj"]["kernel"][0, :, 1, :],
                                   k[hd:2 * hd].T)
     o = t["model.layers.0.self_attn.o_proj.weight"]  # [D, H*hd]
-    np.testing.assert_array_equal(p["llm"]["decoder"]["layers"]["self_attn"]["o_proj"]["kernel"][0, 2], o[:, 2 * hd:3 * hd].T)
+    np.testing.assert_array_equal(p["llm"]["decoder"]["layers"]["self_attn"]["o_proj"]["kernel"][0, 2],
+                                  o[:, 2 * hd:3 * hd].T)
     np.testing.assert_array_equal(p["llm"]["lm_head"], t["lm_head.weight"].T)
     # compressor: packed in_proj rows [0:d] = W_q, [d:2d] = W_k, [2d:3d] = W_v; 8 heads of d/8
     d = v.hidden_size
@@ -138,7 +139,8 @@ def test_wrong_shape_raises_naming_the_tensor():
 
     def read(n):
         return tensors[n][:-1] if n == bad else tensors[n]
-    with pytest.raises(ValueError, match=rf"{bad}: shape .* does not fit param llm/decoder/layers/mlp/up_proj/kernel"):
+    with pytest.raises(ValueError, match=rf"{bad}: shape \(127, 64\) \(as \(64, 127\)\) does not fit param "
+                                         r"llm/decoder/layers/mlp/up_proj/kernel"):
         hf_to_params(read, cfg, shapes)
 
 
