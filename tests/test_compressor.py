@@ -69,7 +69,8 @@ def _params(tc: TorchCompressor) -> dict:
          "ln_kv": {"scale": t["ln_kv.weight"], "bias": t["ln_kv.bias"]},
          "out_proj": {"kernel": t["attn.out_proj.weight"].T.reshape(HEADS, hd, d), "bias": t["attn.out_proj.bias"]}}
     for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        p[name] = {"kernel": w[j * d:(j + 1) * d].T.reshape(d, HEADS, hd), "bias": b[j * d:(j + 1) * d].reshape(HEADS, hd)}
+        p[name] = {"kernel": w[j * d:(j + 1) * d].T.reshape(d, HEADS, hd),
+                   "bias": b[j * d:(j + 1) * d].reshape(HEADS, hd)}
     return jax.tree.map(jnp.asarray, p)
 
 
@@ -96,7 +97,7 @@ def test_value_gets_no_pos_embed_and_key_does():
     """Guards the assembly: moving the key pos-embed onto the value, or dropping it, changes the output."""
     tc = TorchCompressor(D, 2, seed=3)
     x = torch.randn(1, 16, D, generator=torch.Generator().manual_seed(0))
-    ours = np.asarray(Compressor(D, 2, HEADS).apply({"params": _params(tc)}, jnp.asarray(x.numpy()))[0])
+    ours = np.asarray(jax.jit(Compressor(D, 2, HEADS).apply)({"params": _params(tc)}, jnp.asarray(x.numpy()))[0])
     kv = tc.ln_kv(x)
     q = tc.ln_q(tc.query)[None] + tc.pos_embed
     for key, value in ((kv, kv + tc.key_pos(4)), (kv, kv)):
@@ -108,13 +109,13 @@ def test_pos_embed_gets_no_gradient():
     tc = TorchCompressor(D, 2, seed=4)
     params = _params(tc)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 16, D)).astype(np.float32))
-    g = jax.grad(lambda p: Compressor(D, 2, HEADS).apply({"params": p}, x)[0].sum())(params)
+    g = jax.jit(jax.grad(lambda p: Compressor(D, 2, HEADS).apply({"params": p}, x)[0].sum()))(params)
     assert float(jnp.abs(g["pos_embed"]).max()) == 0.0
     assert float(jnp.abs(g["query"]).max()) > 0.0
 
 
 def test_init_pos_embed_is_the_sincos_table_and_shapes():
-    variables = Compressor(D, 2, HEADS).init(jax.random.key(0), jnp.zeros((1, 9, D)))
+    variables = jax.jit(Compressor(D, 2, HEADS).init)(jax.random.key(0), jnp.zeros((1, 9, D)))
     from flax import linen as nn
     p = nn.unbox(variables["params"])
     np.testing.assert_array_equal(np.asarray(p["pos_embed"]), sincos_pos_embed(D, 2))

@@ -35,8 +35,8 @@ def _torch_projector(kind, seed):
 
 def _params(seq, kind):
     linears = [seq] if kind == "linear" else [m for m in seq if isinstance(m, torch.nn.Linear)]
-    return {f"linear_{i}": {"kernel": jnp.asarray(m.weight.detach().numpy().T), "bias": jnp.asarray(m.bias.detach().numpy())}
-            for i, m in enumerate(linears)}
+    return {f"linear_{i}": {"kernel": jnp.asarray(m.weight.detach().numpy().T),
+                            "bias": jnp.asarray(m.bias.detach().numpy())} for i, m in enumerate(linears)}
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp2x_gelu", "mlp3x_gelu"])

@@ -108,7 +108,7 @@ def test_sharded_forward_equals_single_device():
         pos = jnp.broadcast_to(jnp.arange(t), ids.shape)
         return m(m.embed(ids), pos, causal_mask(jnp.ones(ids.shape, bool)))[0]
 
-    boxed = module.init(jax.random.key(0), ids, method=fwd)["params"]
+    boxed = jax.jit(lambda key: module.init(key, ids, method=fwd))(jax.random.key(0))["params"]
     def rescale(path, x):  # init is N(0, 0.02): make activations O(1) (Linear ~ N(0, 1/fan_in), embeddings N(0, 1))
         name = jax.tree_util.keystr(path)
         return x if "scale" in name else x / 0.02 if "embedding" in name else x / (0.02 * 32 ** 0.5)
