@@ -84,3 +84,35 @@ def test_empty_directory_and_ambiguous_files(tmp_path):
         CheckpointReader(tmp_path)
     save_file(TENSORS, str(tmp_path / "model.safetensors"))  # then model.safetensors is the checkpoint
     _check_all(CheckpointReader(tmp_path))
+
+
+def test_writer_output_is_read_back_by_the_safetensors_package(tmp_path):
+    """Tensors added out of order, of several dtypes (bfloat16 through ml_dtypes), with metadata: the official
+    reader (and a torch load) sees exactly the arrays written."""
+    import ml_dtypes
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file as torch_load
+
+    from llava_mini_jax.safetensors_io import SafetensorsWriter, numpy_dtype, safetensors_dtype
+    arrays = {**TENSORS, "scalar": np.array(3.5, np.float32), "empty": np.zeros((0, 3), np.float32),
+              "bf16": RNG.standard_normal((3, 5)).astype(ml_dtypes.bfloat16)}
+    path = tmp_path / "out.safetensors"
+    with SafetensorsWriter(path, [(n, a.shape, a.dtype) for n, a in arrays.items()], metadata={"format": "pt"}) as w:
+        for name in reversed(list(arrays)):
+            w.add(name, arrays[name])
+    with safe_open(str(path), "np") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert list(f.keys()) == sorted(arrays)
+        for name in TENSORS:
+            got = f.get_tensor(name)
+            assert got.dtype == arrays[name].dtype
+            np.testing.assert_array_equal(got, arrays[name])
+    t = torch_load(str(path))
+    assert t["bf16"].dtype == torch.bfloat16
+    np.testing.assert_array_equal(t["bf16"].float().numpy(), arrays["bf16"].astype(np.float32))
+    assert t["scalar"].shape == () and float(t["scalar"]) == 3.5 and tuple(t["empty"].shape) == (0, 3)
+    with CheckpointReader(tmp_path) as reader:  # and our own reader, by file name
+        np.testing.assert_array_equal(reader.read("model.a.weight"), TENSORS["model.a.weight"])
+        assert reader.shape_dtype("bf16") == ((3, 5), "BF16")
+    assert safetensors_dtype(np.float16) == "F16" and numpy_dtype("BF16") == np.dtype(ml_dtypes.bfloat16)
