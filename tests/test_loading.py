@@ -114,7 +114,8 @@ def test_vision_tower_relative_to_checkpoint_not_cwd(ckpt, tmp_path, monkeypatch
 
 def test_vision_tower_absolute_dir(ckpt, tmp_path):
     elsewhere = tmp_path / "towers" / "tiny-clip"
-    shutil.move(str(ckpt / "clip"), str(elsewhere.parent.mkdir(parents=True) or elsewhere))
+    elsewhere.parent.mkdir(parents=True)
+    shutil.move(str(ckpt / "clip"), str(elsewhere))
     _edit_config(ckpt, mm_vision_tower=str(elsewhere))
     vision, tower = resolve_vision_tower(json.loads((ckpt / "config.json").read_text()), str(ckpt))
     assert tower == str(elsewhere) and vision.hidden_size == 32
