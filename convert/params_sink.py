@@ -43,13 +43,17 @@ def write_params(directory: str, source, expected: dict[str, Expected], shapes: 
     order = [n for n in source.names() if n in expected]
     total = sum(int(np.prod(expected[n].shape, dtype=np.int64)) * np.dtype(source.spec(n)[1]).itemsize
                 for n in order)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar:
-        for name in order:
-            pl = expected[name].placement
-            a = source.read(name)
-            if len(pl.leaves) == 1:  # same values, memory order that makes the rule's transpose a view
-                a = for_to_jax(a, shapes[pl.leaves[0]][1:] if pl.layer is not None else shapes[pl.leaves[0]])
-            for leaf, part in zip(pl.leaves, pl.rule.to_jax(a)):
-                writer.write(leaf, part.astype(dtypes[leaf], copy=False), pl.layer)
-            bar.update(a.nbytes)
-    writer.finish()
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar:
+            for name in order:
+                pl = expected[name].placement
+                a = source.read(name)
+                if len(pl.leaves) == 1:  # same values, memory order that makes the rule's transpose a view
+                    a = for_to_jax(a, shapes[pl.leaves[0]][1:] if pl.layer is not None else shapes[pl.leaves[0]])
+                for leaf, part in zip(pl.leaves, pl.rule.to_jax(a)):
+                    writer.write(leaf, part.astype(dtypes[leaf], copy=False), pl.layer)
+                bar.update(a.nbytes)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise

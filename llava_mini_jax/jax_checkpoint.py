@@ -126,6 +126,16 @@ class ParamsWriter:
             fut, _ = self._inflight.pop(0)
             fut.result()
 
+    def abort(self) -> None:
+        """Waits for the writes in flight, ignoring their errors (before the caller deletes the
+        directory: a write landing after the deletion would recreate files)."""
+        for fut, _ in self._inflight:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - the original error is what matters
+                pass
+        self._inflight.clear()
+
     def finish(self, custom_metadata: Optional[dict] = None) -> None:
         """Waits for every write, checks completeness, writes the orbax metadata files."""
         self._wait(0)
