@@ -1,0 +1,42 @@
+"""benchmarks/train_step.py and benchmarks/train_memory.py in their --tiny modes report every figure."""
+import importlib.util
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(capsys):
+    return [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+
+
+def test_train_step_tiny(tmp_path, capsys):
+    out = tmp_path / "train_step.json"
+    assert load("train_step").main(["--tiny", "--out", str(out)]) == 0
+    figures = {f["figure"]: f["value"] for f in _lines(capsys)}
+    assert figures["step_time_ms"] > 0 and figures["tokens_per_s"] > 0 and figures["compile_s"] > 0
+    assert figures["tokens_per_step"] == 8 * 12  # LLaVA-Mini: one vision token replaces the placeholder
+    assert figures["model_flops_per_step"] > 0 and figures["mfu"] is None  # no peak known for CPU
+    assert 0 < figures["trainable_params"] < figures["params"]
+    assert json.loads(out.read_text())["benchmark"] == "train_step"
+
+
+def test_train_memory_tiny(tmp_path, capsys):
+    out = tmp_path / "train_memory.json"
+    assert load("train_memory").main(["--tiny", "--out", str(out)]) == 0
+    rows = _lines(capsys)
+    assert [r["devices"] for r in rows] == [1, 2, 8]
+    totals = [r["total_bytes"] for r in rows]
+    assert totals[0] > totals[1] > totals[2]  # FSDP shards params, optimiser state and gradients
+    for r in rows:
+        assert r["activations_no_remat_gib"] >= r["activations_gib"]
+    assert json.loads(out.read_text())["results"] == rows
