@@ -101,8 +101,11 @@ def _vision_fallback(tower_dir: Optional[str]):
     names = set(reader.names())
 
     def read(hf_name: str):
-        local = hf_name[len("model.vision_tower.vision_tower."):]
-        return reader.read(local) if local in names else None
+        local = hf_name[len("model.vision_tower.vision_tower."):]  # vision_model.* (transformers 4)
+        for candidate in (local, local[len("vision_model."):]):  # transformers 5 drops the prefix
+            if candidate in names:
+                return reader.read(candidate)
+        return None
     return read
 
 
@@ -141,7 +144,8 @@ def _place(params: dict, boxed, dtype, mesh) -> dict:
     """numpy params -> device arrays of `dtype`, sharded by the logical rules when `mesh` is given."""
     if mesh is None:
         return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-    from .sharding import logical_shardings
+    from .sharding import check_divisible, logical_shardings
+    check_divisible(boxed, mesh)
     shardings = logical_shardings(boxed, mesh)
     return place_with_shardings(params, shardings, dtype)
 

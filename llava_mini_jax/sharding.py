@@ -3,8 +3,10 @@
 Model code names the axes of every parameter (and of the main activations) with the logical
 names below; it never names a mesh axis. Training and loading turn those names into
 `NamedSharding`s over a mesh with axes (`data`, `fsdp`, `tensor`) through `LOGICAL_AXIS_RULES`.
-A logical axis whose mesh axis is already used by another dimension of the same array stays
-replicated (Flax picks the first free rule), so `[embed, embed]`-like shapes are safe.
+When two dimensions of one array map to the same mesh axis, Flax gives it to one of them and
+leaves the other replicated (e.g. the projector's `[vision_embed, embed]` kernel becomes
+`P(None, "fsdp")`), so such shapes are valid. The residual stream (`activation_embed`) is
+replicated over `tensor`: tensor parallelism splits heads and MLP columns inside a layer.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[object]], ...] = (
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
-    ("activation_embed", "tensor"),
+    ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_vocab", "tensor"),
 )
@@ -63,6 +65,24 @@ def logical_shardings(boxed_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RU
     specs = nn.logical_to_mesh(specs, rules)
     return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def check_divisible(boxed_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES) -> None:
+    """Raises ValueError naming the first parameter whose sharded dimension does not divide by its
+    mesh axes (e.g. 8 kv heads on a `tensor` axis of 16)."""
+    specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
+    flat_specs = jax.tree_util.tree_flatten_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    shapes = jax.tree.leaves(nn.unbox(boxed_tree))
+    for (path, spec), leaf in zip(flat_specs, shapes):
+        for dim, axes in zip(leaf.shape, spec):
+            axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+            size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+            if dim % size:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                raise ValueError(f"parameter {name} of shape {tuple(leaf.shape)} cannot be sharded as {spec}: "
+                                 f"dimension {dim} is not divisible by mesh axes {axes} of size {size} "
+                                 f"(mesh {dict(mesh.shape)})")
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:

@@ -189,3 +189,18 @@ def test_explicit_shardings_are_used_as_given():
     _, params = load_pretrained(SRC, shardings=shardings, dtype=jnp.bfloat16)
     leaves = jax.tree.leaves(params)
     assert all(a.sharding == replicated and a.dtype == jnp.bfloat16 for a in leaves)
+
+
+def test_vision_fallback_reads_a_transformers5_tower(ckpt):
+    """transformers 5 saves `CLIPVisionModel` tensors without the `vision_model.` prefix."""
+    _edit_weights(ckpt, lambda t: [t.pop(k) for k in [k for k in t if k.startswith(CLIP_PREFIX)]])
+    tower = load_file(str(ckpt / "clip" / "model.safetensors"))
+    save_file({k[len("vision_model."):]: v for k, v in tower.items()}, str(ckpt / "clip" / "model.safetensors"))
+    model, params = load_pretrained(ckpt)
+    _assert_params_equal_checkpoint(model, params)
+
+
+def test_mesh_that_does_not_divide_a_parameter_names_it():
+    mesh = make_mesh((1, 1, 8))  # hd has 2 kv heads
+    with pytest.raises(ValueError, match=r"k_proj/kernel .* not divisible by mesh axes \('tensor',\) of size 8"):
+        load_pretrained(SRC, mesh=mesh)
