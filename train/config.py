@@ -49,6 +49,8 @@ class ModelConfig:
     checkpoint holds) from a training checkpoint (a run directory: its latest step; or a step
     directory): stage 2 takes the stage-1 projector this way. `overrides` sets other
     `LlavaMiniConfig` fields (e.g. `compressor_size`, `prefusion_layers`, `resolution_ratio`).
+    `parts_dir`: where `init_from_parts` writes the combined model (default `RUN/init_from_parts`,
+    reused when it exists).
     """
 
     path: Optional[str] = None
@@ -65,6 +67,7 @@ class ModelConfig:
     remat_policy: str = "full"
     max_length: Optional[int] = None
     overrides: dict = dataclasses.field(default_factory=dict)
+    parts_dir: Optional[str] = None
 
     def __post_init__(self):
         from llava_mini_jax.config import LlavaMiniConfig

@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
     else:
         start = 0
         state = trainer.init_state(initial_params(cfg.model, trainer.model, trainer.param_shardings,
-                                                  trainer.random_params))
+                                                  trainer.random_params, cfg.checkpoint.dir))
     last_ckpt = ckpt.step_dir(start) if ckpt is not None and start else None
 
     log_dir = cfg.logging.dir or (ckpt.dir if ckpt is not None else None)

@@ -54,17 +54,57 @@ def model_config(cfg: ModelConfig) -> tuple[LlavaMiniConfig, Optional[str]]:
                       "model.config_json")
 
 
-def _parts_module():
-    try:
-        from convert import init_from_parts  # issue 3
-    except ImportError as e:
-        raise NotImplementedError("model.llm_path/vision_path need convert.init_from_parts (issue 3), which this "
-                                  "installation lacks") from e
-    return init_from_parts
+# -- issue 3's init_from_parts: an untrained LLaVA-Mini / LLaVA-v1.5 from an LLM and a CLIP -------
+_PARTS_KEYS = ("compressor_size", "prefusion_layers", "projector_type", "vision_select_layer", "resolution_ratio")
+
+
+def _parts_options(cfg: ModelConfig) -> dict:
+    o = cfg.overrides
+    opts = dict(baseline=cfg.mode == "baseline", compressor_size=o.get("compressor_size", 1),
+                prefusion_layers=o.get("prefusion_layers", 4), projector_type=o.get("projector_type", "mlp2x_gelu"),
+                vision_select_layer=o.get("vision_select_layer", -2), resolution_ratio=o.get("resolution_ratio", 1),
+                model_max_length=cfg.max_length)
+    return opts
 
 
 def _parts_config(cfg: ModelConfig) -> LlavaMiniConfig:
-    return _parts_module().parts_config(cfg.llm_path, cfg.vision_path, **_overrides(cfg))
+    """The combined model's config, from the two `config.json`s (nothing written)."""
+    from convert.checkpoint_config import legacy_llm_config, read_config, vision_section
+    from convert.init_from_parts import llava_config
+    from llava_mini_jax.config import ClipVisionConfig
+    vision = vision_section(read_config(cfg.vision_path))
+    vcfg = ClipVisionConfig.from_hf_dict(vision)
+    d = llava_config(legacy_llm_config(read_config(cfg.llm_path)), vcfg, vision_tower_name=os.path.abspath(
+        cfg.vision_path), **_parts_options(cfg))
+    return LlavaMiniConfig.from_hf_dict(d, vcfg, **_overrides(cfg))
+
+
+def parts_dir(cfg: ModelConfig, run_dir: Optional[str]) -> str:
+    """Where `init_from_parts` writes the combined model: `model.parts_dir`, else `RUN/init_from_parts`,
+    else a temporary directory."""
+    if cfg.parts_dir:
+        return cfg.parts_dir
+    if run_dir:
+        return os.path.join(run_dir, "init_from_parts")
+    import tempfile
+    return os.path.join(tempfile.mkdtemp(prefix="llava_mini_parts_"), "model")
+
+
+def _parts_params(cfg: ModelConfig, shardings, run_dir: Optional[str]) -> dict:
+    """Writes the combined model once (process 0; the run directory is shared, as orbax needs), then
+    every process loads its shards of it."""
+    from llava_mini_jax.loading import load_pretrained
+    out = parts_dir(cfg, run_dir)
+    if jax.process_index() == 0 and not os.path.isdir(out):
+        from convert.init_from_parts import init_from_parts
+        log.info("init_from_parts: %s + %s -> %s", cfg.llm_path, cfg.vision_path, out)
+        init_from_parts(cfg.llm_path, cfg.vision_path, out, seed=cfg.init_seed, fmt="jax", **_parts_options(cfg))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("init_from_parts")
+    _, params = load_pretrained(out, dtype=jnp.dtype(cfg.param_dtype), compute_dtype=jnp.dtype(cfg.compute_dtype),
+                                shardings=shardings, **_overrides(cfg))
+    return params
 
 
 def build_model(mc: LlavaMiniConfig, cfg: ModelConfig) -> LlavaMini:
@@ -78,17 +118,18 @@ def random_params(model: LlavaMini, seed: int, shardings) -> dict:
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
-def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=None) -> dict:
+def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=None,
+                   run_dir: Optional[str] = None) -> dict:
     """Params of the configured source in `shardings` (then the checkpoint overlay, if any).
-    `random_init(seed)` replaces `random_params` (a cached jitted init)."""
+    `random_init(seed)` replaces `random_params` (a cached jitted init); `run_dir` hosts the
+    `init_from_parts` output."""
     dtype = jnp.dtype(cfg.param_dtype)
     if cfg.source == "path":
         from llava_mini_jax.loading import load_pretrained
         _, params = load_pretrained(cfg.path, dtype=dtype, compute_dtype=jnp.dtype(cfg.compute_dtype),
                                     shardings=shardings, **_overrides(cfg))
     elif cfg.source == "parts":
-        params = _parts_module().parts_params(cfg.llm_path, cfg.vision_path, model.config, shardings=shardings,
-                                              dtype=dtype, seed=cfg.init_seed)
+        params = _parts_params(cfg, shardings, run_dir)
     elif random_init is not None:
         params = random_init(cfg.init_seed)
     else:

@@ -38,7 +38,7 @@ def tiny_train_config(config_json: str, **sections) -> TrainConfig:
     d = to_dict(TrainConfig())
     d["model"].update(config_json=config_json, compute_dtype="float32", remat_policy="none")
     d["data"].update(source="synthetic", synthetic_size=64, read_threads=1, prefetch=2)
-    d["mesh"].update(data=1, fsdp=1, tensor=1)
+    d["mesh"].update(data=1, fsdp=1, tensor=1, devices=1)
     d["optimizer"].update(groups=[{"name": "projector", "match": ["mm_projector"], "lr": 1e-3},
                                   {"name": "default", "match": [".*"], "lr": 1e-3}],
                           freeze=[], max_grad_norm=1.0)
