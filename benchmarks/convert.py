@@ -147,13 +147,15 @@ def main(argv=None) -> int:
             for d in (jx, hf2):
                 shutil.rmtree(d, ignore_errors=True)
     bound = 1.5 * sizes["largest_shard_bytes"] + sizes["largest_tensor_bytes"] + GB
-    result = {"benchmark": "convert", "tiny": args.tiny, "dtype": args.dtype, "checkpoint_gb": sizes["total_bytes"] / GB,
+    result = {"benchmark": "convert", "tiny": args.tiny, "dtype": args.dtype,
+              "checkpoint_gb": sizes["total_bytes"] / GB,
               "tensors": sizes["tensors"], "shards": sizes["shards"],
               "largest_shard_gb": sizes["largest_shard_bytes"] / GB,
               "largest_tensor_gb": sizes["largest_tensor_bytes"] / GB, "rss_bound_gb": bound / GB,
               "round_trip_bit_exact": exact, "cpus": os.cpu_count(), "python": platform.python_version()}
     for name, m in (("hf_to_jax", to_jax), ("jax_to_hf", to_hf)):
-        result[name] = {"seconds": round(m["seconds"], 2), "gb_per_s": round(sizes["total_bytes"] / GB / m["seconds"], 3),
+        result[name] = {"seconds": round(m["seconds"], 2),
+                        "gb_per_s": round(sizes["total_bytes"] / GB / m["seconds"], 3),
                         "peak_rss_gb": round(m["peak_rss_bytes"] / GB, 3), "within_bound": m["peak_rss_bytes"] < bound}
     print(f"checkpoint {result['checkpoint_gb']:.2f} GB {args.dtype}, {sizes['tensors']} tensors in {sizes['shards']} "
           f"shards (largest {result['largest_shard_gb']:.2f} GB), largest tensor {result['largest_tensor_gb']:.3f} GB")

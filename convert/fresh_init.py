@@ -3,7 +3,7 @@ reference's training recipe), drawn with numpy, one tensor at a time.
 
 | tensor | initial value |
 |---|---|
-| `model.prefusion_layers.{j}.*_proj.weight` `[out, in]` | U(+-1/sqrt(in)) (PyTorch default Linear; fresh layers, not copies of the LLM's) |
+| `model.prefusion_layers.{j}.*_proj.weight` `[out, in]` | U(+-1/sqrt(in)) (PyTorch default Linear; fresh) |
 | `model.prefusion_layers.{j}.*_layernorm.weight` | 1 |
 | `model.mm_projector[.k].weight` `[out, in]` and `.bias` | U(+-1/sqrt(in)) (PyTorch default Linear) |
 | `model.compressor.query` `[Q, d]` | N(0, 0.02^2) |

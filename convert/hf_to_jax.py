@@ -5,8 +5,8 @@
 
 Reads one tensor at a time (safetensors, single or sharded; `.bin` with `--allow-pickle`) and
 writes it straight into its orbax array (one layer slice of a stacked array at a time), so peak
-memory is about one mapped input shard plus a few tensors. OUT_DIR gets `params/` (orbax),
-`config.json` (the source's plus `vision_config`) and the source's tokenizer, processor and
+memory is a few tensors plus at most 256 MB of memory-mapped input, whatever the model size.
+OUT_DIR gets `params/` (orbax), `config.json` (the source's plus `vision_config`) and the source's tokenizer, processor and
 generation files; it stands alone (no CLIP directory needed). Vision weights missing from the
 source are read from the tower directory. Output is built in a temporary sibling and renamed:
 never partial. Layout: see `llava_mini_jax.jax_checkpoint`.

@@ -98,8 +98,8 @@ def add_fresh_parts(source: TensorSource, expected: dict, dtype: np.dtype, seed:
         if name in source or rule_for(name) is None:
             continue
         fan_in = fan_in_of(name, shapes)
-        source.add_generated(name, e.shape, dtype,
-                             lambda name=name, e=e, fan_in=fan_in: fresh_tensor(name, e.shape, fan_in, seed).astype(dtype))
+        make = lambda name=name, e=e, fan_in=fan_in: fresh_tensor(name, e.shape, fan_in, seed).astype(dtype)  # noqa: E731
+        source.add_generated(name, e.shape, dtype, make)
         added.append(name)
     return added
 

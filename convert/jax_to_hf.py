@@ -95,7 +95,8 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
     specs = tensor_specs(view, stored, parse_dtype(dtype))
     want = {name: (shape, dt) for name, shape, dt in specs}
     with staged_output(out, overwrite) as tmp:
-        write_hf_weights(tmp, specs, lambda n: read_tensor(view, n, want[n][0]).astype(want[n][1], copy=False), max_bytes,
+        write_hf_weights(tmp, specs, lambda n: read_tensor(view, n, want[n][0]).astype(want[n][1], copy=False),
+                         max_bytes,
                          desc=f"{os.path.basename(src)} -> safetensors")
         write_config(tmp, hf_config(config, dtype))
         copy_side_files([src], tmp)

@@ -129,7 +129,8 @@ class TensorSource:
             if name is None:
                 continue
             if name in self._refs:
-                raise ValueError(f"tensor {name!r} comes from both {self._refs[name][0].location} and {reader.location}")
+                raise ValueError(f"tensor {name!r} comes from both {self._refs[name][0].location} and "
+                                 f"{reader.location}")
             self._refs[name] = (reader, key)
             added.append(name)
         return added

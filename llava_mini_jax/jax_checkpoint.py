@@ -286,7 +286,8 @@ def restore_params(path, cfg, boxed, dtype, mesh=None, shardings=None) -> dict:
     for p, sds in want.items():
         shape, _ = reader.shape_dtype(p)
         if shape != tuple(sds.shape):
-            raise ValueError(f"{pdir}: param {leaf_name(p)} has shape {shape}, but config.json gives {tuple(sds.shape)} "
+            raise ValueError(f"{pdir}: param {leaf_name(p)} has shape {shape}, but config.json gives "
+                             f"{tuple(sds.shape)} "
                              "(does config.json match the params?)")
     args = _unflatten({p: ocp.ArrayRestoreArgs(sharding=target[p], dtype=dtype, global_shape=tuple(want[p].shape))
                        for p in want})

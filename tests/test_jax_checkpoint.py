@@ -99,7 +99,8 @@ def test_reader_reads_orbax_saved_checkpoints(tmp_path):
 
 def test_writer_errors_and_incomplete_checkpoints(tmp_path):
     a = np.zeros((2, 3), np.float32)
-    w = ParamsWriter(tmp_path / "p", {("x", "layers", "k"): ((2, 3), np.float32, True), ("y",): ((3,), np.float32, False)})
+    w = ParamsWriter(tmp_path / "p", {("x", "layers", "k"): ((2, 3), np.float32, True),
+                                      ("y",): ((3,), np.float32, False)})
     with pytest.raises(KeyError, match="z"):
         w.write(("z",), a)
     with pytest.raises(ValueError, match=r"y: got \(2, 3\) float32, expected \(3,\)"):
