@@ -141,13 +141,23 @@ def param_bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
+def _hash_uniform(shape, salt: int) -> jnp.ndarray:
+    """Uniform [-1, 1) float32 of `shape` from a counter-based hash (the murmur3 finalizer of
+    `index * golden + salt`): well mixed like a random generator, but integer ops that compile in
+    milliseconds (threefry over ~60 parameter leaves takes many seconds to compile on CPU)."""
+    h = jax.lax.iota(jnp.uint32, int(np.prod(shape))) * np.uint32(0x9E3779B1) + np.uint32(salt & 0xFFFFFFFF)
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        h = h ^ (h >> np.uint32(shift))
+        if mult is not None:
+            h = h * np.uint32(mult)
+    return ((h >> np.uint32(8)).astype(jnp.float32) * np.float32(2.0 ** -23) - 1.0).reshape(shape)
+
+
 def random_params_on_device(model, seed: int = 0, std: float = 0.02):
-    """Params of `model` (norm scales 1, everything else pseudo-random with standard deviation
-    `std`) made directly on the default device by one jitted function, so real-size weights never
-    pass through host memory. The values are a Weyl-like sequence through a sine, `std * sqrt(2) *
-    sin(2 pi (a * i + b * leaf + seed))`: no random-number kernels to compile (threefry over ~60
-    leaves takes many seconds to compile on CPU) and no effect on timing, which does not depend on
-    the values."""
+    """Params of `model` made directly on the default device by one jitted function, so real-size
+    weights never pass through host memory: norm scales 1, everything else uniform with standard
+    deviation `std` (`_hash_uniform`, a different stream per leaf and seed). Timing does not depend
+    on the values."""
     shapes = abstract_param_tree(model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
 
@@ -156,10 +166,9 @@ def random_params_on_device(model, seed: int = 0, std: float = 0.02):
         for i, (path, s) in enumerate(leaves):
             if getattr(path[-1], "key", None) == "scale":
                 out.append(jnp.ones(s.shape, s.dtype))
-                continue
-            index = jax.lax.iota(jnp.float32, int(np.prod(s.shape))).reshape(s.shape)
-            phase = jnp.float32(0.6180339887) * index + jnp.float32((0.7548776662 * i + 0.5698402909 * seed) % 1.0)
-            out.append((std * np.sqrt(2.0) * jnp.sin(2 * np.pi * (phase % 1.0))).astype(s.dtype))
+            else:
+                salt = (i + 1) * 0x632BE5AB + seed * 0x27D4EB2F
+                out.append((std * np.sqrt(3.0) * _hash_uniform(s.shape, salt)).astype(s.dtype))
         return jax.tree_util.tree_unflatten(treedef, out)
     return jax.jit(make)()
 
