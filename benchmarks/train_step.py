@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from common import LLAMA31_8B, emit, write_results  # noqa: E402
-from llava_mini_jax.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig, LlavaMiniConfig  # noqa: E402
+from llava_mini_jax.config import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig,  # noqa: E402
+                                   LlavaMiniConfig)
 
 # bf16 dense peak TFLOP/s per device, by a substring of `device_kind` (lower case).
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "tpu v6": 918.0, "tpu v5p": 459.0,
@@ -168,7 +169,8 @@ def run(args) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="1b", choices=["tiny", "small", "1b", "8b"])
     p.add_argument("--llm-layers", type=int, default=None, help="cut the LLM to this many layers (what fits)")
     p.add_argument("--stage", type=int, default=2, choices=[1, 2])

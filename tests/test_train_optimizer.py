@@ -16,7 +16,8 @@ PATHS = [("vision_tower", "layers", "q_proj", "kernel"), ("compressor", "pos_emb
          ("prefusion", "layers", "mlp", "up_proj", "kernel"), ("llm", "embed_tokens", "embedding"),
          ("llm", "norm", "scale"), ("llm", "lm_head")]
 
-STAGE2 = OptimizerConfig(groups=(ParamGroup("projector", ("mm_projector",), 1e-5), ParamGroup("default", (".*",), 1e-4)),
+STAGE2 = OptimizerConfig(groups=(ParamGroup("projector", ("mm_projector",), 1e-5),
+                                 ParamGroup("default", (".*",), 1e-4)),
                          max_grad_norm=0.5)
 STAGE1 = OptimizerConfig(groups=(ParamGroup("projector", ("mm_projector",), 1e-3),))
 
@@ -85,7 +86,8 @@ def test_adamw_groups_clipping_schedule_equal_torch():
         torch.nn.utils.clip_grad_norm_(list(tparams.values()), 0.5)
         topt.step()
         tsched.step()
-        ours = {paths[0]: params["mm_projector"]["linear_0"]["kernel"], paths[1]: params["mm_projector"]["linear_0"]["bias"],
+        proj = params["mm_projector"]["linear_0"]
+        ours = {paths[0]: proj["kernel"], paths[1]: proj["bias"],
                 paths[2]: params["llm"]["lm_head"], paths[3]: params["llm"]["norm"]["scale"]}
         for p in paths:
             np.testing.assert_allclose(np.asarray(ours[p]), tparams[p].detach().numpy(), rtol=1e-6, atol=1e-6,

@@ -25,15 +25,19 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Presets: stage1 (projector pretraining), stage2 (instruction tuning).")
     p.add_argument("--config", help="YAML/JSON config file, or a preset name (stage1, stage2)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.global_batch_size=64")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.global_batch_size=64")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key and exit")
     return p
 
 
 def _setup_logging(level: str) -> None:
+    from .logging_utils import PrimaryOnly
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrimaryOnly())  # only process 0 logs (warnings and errors: every process)
     try:  # orbax logs every file it writes through absl at INFO
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)

@@ -488,7 +488,7 @@ def apply_override(d: dict, item: str) -> None:
     value = yaml.safe_load(raw) if raw.strip() else None
     node: Any = d
     for i, part in enumerate(parts[:-1]):
-        node = _child(node, part, ".".join(parts[:i + 1]), d_create=True, nxt=parts[i + 1])
+        node = _child(node, part, ".".join(parts[:i + 1]))
     last = parts[-1]
     if isinstance(node, list):
         idx = _index(last, key, len(node))
@@ -506,7 +506,8 @@ def _index(part: str, key: str, n: int) -> int:
     return i
 
 
-def _child(node, part: str, key: str, d_create: bool, nxt: str):
+def _child(node, part: str, key: str):
+    """The container under `part` (created when missing), for an override to descend into."""
     if isinstance(node, list):
         return node[_index(part, key, len(node))]
     if not isinstance(node, dict):

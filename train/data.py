@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import grain.python as grain
 import numpy as np

@@ -95,6 +95,18 @@ def _plain(v):
     return v
 
 
+class PrimaryOnly(logging.Filter):
+    """Drops records below WARNING on processes other than 0 (once `jax.distributed` is up; it never
+    asks jax before, which would start the backend too early)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from . import multihost
+        if record.levelno >= logging.WARNING or not multihost.is_initialized():
+            return True
+        import jax
+        return jax.process_index() == 0
+
+
 class StepTimer:
     """Wall time between consecutive finished steps (the host reads metrics one step late, so this
     is the device's step time once the pipeline is full)."""

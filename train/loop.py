@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Callable, Optional
 
 import jax
-import numpy as np
 
 from . import multihost
 from .checkpointing import Checkpointer

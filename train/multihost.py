@@ -56,6 +56,11 @@ def initialize(cfg: DistributedConfig) -> bool:
     return True
 
 
+def is_initialized() -> bool:
+    """Whether this process joined a multi-process job through `initialize`."""
+    return _initialized
+
+
 def is_primary() -> bool:
     return jax.process_index() == 0
 

@@ -168,12 +168,12 @@ class _context:
         return False
 
 
-def batch_shardings(mesh, batch_like: dict) -> dict:
-    """`[A, rows, ...]` batch leaves: rows over (`data`, `fsdp`), everything else replicated."""
-    return {k: NamedSharding(mesh, P(None, DATA_AXES, *([None] * (v.ndim - 2)))) for k, v in batch_like.items()}
+def batch_sharding(mesh) -> NamedSharding:
+    """Every batch leaf `[A, rows, ...]`: rows over (`data`, `fsdp`), the rest replicated."""
+    return NamedSharding(mesh, P(None, DATA_AXES))
 
 
-def jit_train_step(step_fn: Callable, state_shardings: TrainState, batch_sh: dict, mesh) -> Callable:
+def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh) -> Callable:
     """`jax.jit` with explicit in/out shardings, the state donated, metrics replicated."""
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh),
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))

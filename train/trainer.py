@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from llava_mini_jax.config import LlavaMiniConfig
 from llava_mini_jax.loading import abstract_params, dummy_inputs
@@ -28,7 +28,7 @@ from .model_setup import build_model
 from .multihost import global_batch
 from .optimizer import ParamPlan, make_optimizer, plan_params, tree_paths
 from .state import TrainState, axis_rules, param_shardings, split, state_shardings, with_shardings
-from .step import DATA_AXES, StepSpec, make_train_step
+from .step import StepSpec, batch_sharding, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def mesh_from_config(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
     n = len(devices)
     if -1 in shape:
         if n % known:
-            raise ConfigError(f"mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} tensor={cfg.mesh.tensor}: the fixed sizes "
-                              f"({known}) do not divide the {n} devices")
+            raise ConfigError(f"mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} tensor={cfg.mesh.tensor}: the fixed "
+                              f"sizes ({known}) do not divide the {n} devices")
         shape[shape.index(-1)] = n // known
     if math.prod(shape) != n:
         raise ConfigError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs {math.prod(shape)} devices, "
@@ -94,7 +94,7 @@ class Trainer:
     @property
     def batch_sharding(self) -> NamedSharding:
         """Every batch leaf `[A, rows, ...]`: rows over (`data`, `fsdp`)."""
-        return NamedSharding(self.mesh, P(None, DATA_AXES))
+        return batch_sharding(self.mesh)
 
     def init_state(self, params: dict, seed: Optional[int] = None) -> TrainState:
         """A fresh state around `params` (already placed): zero optimiser state, step 0."""
@@ -156,9 +156,7 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
     if key not in _STEP_CACHE:
         trainable_sh = split(p_sh, plan.trainable)[0]
         fn = make_train_step(model, tx, plan.trainable, schedules, spec, trainable_sh, rules, mesh)
-        step_fn = jax.jit(fn, in_shardings=(s_sh, NamedSharding(mesh, P(None, DATA_AXES))),
-                          out_shardings=(s_sh, NamedSharding(mesh, P())), donate_argnums=(0,))
-        _STEP_CACHE[key] = (step_fn, {})
+        _STEP_CACHE[key] = (jit_train_step(fn, s_sh, mesh), {})
     step_fn, jitted = _STEP_CACHE[key]
     summary = plan.summary({p: tuple(x.shape) for p, x in
                             traverse_util.flatten_dict(abstract).items()})
