@@ -6,8 +6,8 @@
   Llama-3.1-8B, mlp2x_gelu projector, select layer -2 (`patch`), 4 pre-fusion layers; the
   variants the paper compares (336 px with one vision token, HD 672 px with 64) in both modes
   (`mini` = LLaVA-Mini, `baseline` = LLaVA-v1.5). A tiny stand-in of each for the `--tiny` runs.
-- Inputs of one request (`request_inputs`): a prompt of `prompt_tokens` text tokens with the image
-  placeholder first, right after the system prompt would be; images of the variant's views.
+- One request (`request_shapes`, `prompt_ids`): `prompt_tokens` text tokens (BOS, then random ids)
+  with the image placeholder right after BOS; images of the variant's views.
 - Device helpers: random parameters created on the device (no host copy), timing with
   `block_until_ready`, peak device memory.
 """
@@ -246,7 +246,8 @@ def machine() -> dict:
     d0 = devices[0]
     stats = d0.memory_stats() or {}
     info = {
-        "host": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "host_memory_gib": _host_memory_gib(),
+        "host": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "host_memory_gib": _host_memory_gib(),
         "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
         "devices": len(devices), "device_kind": d0.device_kind,
         "device_memory_gib": round(stats["bytes_limit"] / GIB, 1) if "bytes_limit" in stats else None,

@@ -93,7 +93,8 @@ def measure_bandwidth(mib: int, dtype) -> dict:
     t = time_call(lambda: f(x), warmup=2, repeats=10)
     moved = 2 * n * jnp.dtype(dtype).itemsize
     return {"benchmark": "latency", "figure": "bandwidth", "bytes_moved": moved,
-            "gb_per_s": significant(moved / t["min_s"] / 1e9, 4), "median_gb_per_s": significant(moved / t["median_s"] / 1e9, 4)}
+            "gb_per_s": significant(moved / t["min_s"] / 1e9, 4),
+            "median_gb_per_s": significant(moved / t["median_s"] / 1e9, 4)}
 
 
 def decode_bytes(cfg, params_tree, batch: int, keys: int, itemsize: int) -> int:

@@ -1,0 +1,187 @@
+"""The efficiency benchmarks (benchmarks/flops.py, latency.py, video_memory.py) in their --tiny modes,
+the PyTorch reference the latency benchmark times against (equal to the JAX model at tiny size), the
+per-frame memory arithmetic at the real size, and the committed real-size FLOPs results."""
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+TOL = 1e-4
+
+
+def bench(name: str):
+    """A benchmark script imported as a module (its helpers import `common` from benchmarks/)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def run_tiny(name: str, capsys, tmp_path, *extra: str) -> tuple[list[dict], dict]:
+    """`main(["--tiny", ...])` of one benchmark: its JSON lines and the results file it wrote."""
+    out = tmp_path / f"{name}.json"
+    capsys.readouterr()
+    assert bench(name).main(["--tiny", "--out", str(out), *extra]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    saved = json.loads(out.read_text())
+    assert saved["results"] == lines and saved["benchmark"] == name
+    assert saved["machine"]["backend"] == jax.default_backend() and saved["machine"]["cpu"]
+    return lines, saved
+
+
+def by_figure(lines: list[dict], figure: str) -> list[dict]:
+    return [f for f in lines if f["figure"] == figure]
+
+
+# -- flops ---------------------------------------------------------------------------------------------------
+def test_flops_tiny(capsys, tmp_path):
+    lines, _ = run_tiny("flops", capsys, tmp_path)
+    prefill = by_figure(lines, "prefill_tflops")
+    assert {(f["variant"], f["mode"]) for f in prefill} == {(v, m) for v in ("tiny", "tiny-hd")
+                                                           for m in ("baseline", "mini")}
+    for f in prefill:
+        # XLA's count = analytic matmuls + attention, plus a few % of elementwise work at this size
+        assert 1.0 <= f["xla_over_analytic"] < 1.15, f
+        assert abs(f["glue_tflops"]) < 0.01 * f["xla_tflops"], f
+        parts = {"clip", "projector", "llm_prefill"} | ({"compressor", "prefusion"} if f["mode"] == "mini" else set())
+        assert set(f["components_tflops"]) == parts == set(f["analytic_components_tflops"])
+        assert f["vision_tokens"] == {"baseline": f["views"] * 16, "mini": 1 if f["views"] == 1 else 4}[f["mode"]]
+    for f in by_figure(lines, "decode_gflops"):
+        assert 1.0 <= f["xla_gflops"] / f["analytic_gflops"] < 1.1
+    reductions = by_figure(lines, "prefill_reduction")
+    assert len(reductions) == 2 and all(0 < f["reduction_pct"] < 100 for f in reductions)
+    scan = by_figure(lines, "scan_undercount")[0]
+    assert scan["scanned_tflops"] < scan["unrolled_tflops"]  # why flops.py unrolls the layers
+
+
+def test_flops_analytic_counts_match_hand_arithmetic():
+    """The analytic cross-check itself: one Vicuna-7B layer over 640 tokens, by hand."""
+    flops = bench("flops")
+    from common import VICUNA_7B
+    d, i, t = 4096, 11008, 640
+    by_hand = 2 * t * (4 * d * d + 3 * d * i) + 4 * t * t * d
+    assert flops.llama_layer_flops(VICUNA_7B, t, t) == by_hand
+    causal = 2 * t * (4 * d * d + 3 * d * i) + 2 * t * (t + 1) * d
+    assert flops.llama_layer_flops(VICUNA_7B, t, t, causal=True) == causal
+
+
+def test_committed_real_size_flops():
+    """benchmarks/results/flops.json was measured at the real sizes and compares with the paper's 77%."""
+    saved = json.loads((BENCHMARKS / "results" / "flops.json").read_text())
+    red = {(f["llm"], f["variant"]): f for f in saved["results"] if f["figure"] == "prefill_reduction"}
+    std = red[("vicuna-7b", "336px")]
+    assert std["paper_reduction_pct"] == pytest.approx(77.08, abs=0.01)
+    assert 60 < std["reduction_pct"] < 90 and std["baseline_tflops"] > 5
+    assert ("llama-3.1-8b", "672px-hd") in red
+    for f in saved["results"]:
+        if f["figure"] == "prefill_tflops":
+            assert 0.99 < f["xla_over_analytic"] < 1.01, f  # at the real size the matmuls are everything
+
+
+# -- latency -----------------------------------------------------------------------------------------------------
+def test_latency_tiny(capsys, tmp_path):
+    lines, saved = run_tiny("latency", capsys, tmp_path, "--no-parity")
+    assert by_figure(lines, "bandwidth")[0]["gb_per_s"] > 0
+    setting = saved["setting"]
+    for backend in ("torch", "jax"):
+        for mode in ("baseline", "mini"):
+            mine = [f for f in lines if f.get("backend") == backend and f.get("mode") == mode]
+            assert [f["figure"] for f in mine] == ["ttft_ms"] + ["decode_tokens_per_s"] * 2 + ["images_per_s"]
+            assert mine[0]["ms"] > 0 and mine[-1]["images_per_s"] > 0
+            for f in mine[1:3]:
+                assert f["tokens_per_s"] > 0 and f["bandwidth_fraction"] > 0 and f["bytes_per_step"] > 0
+            assert [f["batch"] for f in mine[1:3]] == list(setting["decode_batches"])
+    assert len(by_figure(lines, "baseline_over_mini")) == 8 and len(by_figure(lines, "torch_over_jax")) == 8
+
+
+def test_torch_reference_equals_jax_logits():
+    """The parity figure the latency run starts with: same weights (through params_to_hf), O(1)
+    activations, float32, both modes; logits within 1e-4."""
+    figure = bench("latency").parity()
+    assert figure["ok"] and set(figure["max_abs_diff"]) == {"baseline", "mini"}
+    assert max(figure["max_abs_diff"].values()) < TOL
+
+
+def test_torch_reference_hd_prefill_and_decode_equal_jax():
+    """HD images (stitched tiles) and the two timed paths: prefill's first-token logits and a
+    decode step from the cache, JAX against PyTorch."""
+    import torch
+    common = bench("common")
+    from torch_reference import TorchLlavaMini, load_jax_params, random_weights
+    from llava_mini_jax.generate import init_kv_cache
+    from llava_mini_jax.model import LlavaMini
+
+    cfg = common.model_config("tiny", "mini", common.TINY_HD)
+    params = random_weights(cfg, seed=1)
+    ids = common.prompt_ids(cfg, 6, batch=2, seed=1)
+    v = cfg.vision
+    images = np.random.default_rng(1).standard_normal((2, 5, 3, v.image_size, v.image_size)).astype(np.float32)
+    model = LlavaMini(cfg)
+    n = ids.shape[1] - 1 + 4
+
+    def first_and_next(p, ids, images, token):
+        embeds, mask, _ = model.apply({"params": p}, ids, None, images, method="splice_inputs")
+        logits, cache = model.apply({"params": p}, embeds, mask, init_kv_cache(cfg, 2, n + 2), method="prefill")
+        index = jnp.full((2,), n, jnp.int32)
+        return logits, model.apply({"params": p}, token, index, cache, method="decode_step")[0]
+
+    token = np.array([5, 7], np.int32)
+    ours = jax.jit(first_and_next)(params, ids, images, token)
+    ref = load_jax_params(TorchLlavaMini(cfg), params).eval()
+    with torch.no_grad():
+        t_ids, t_images = torch.from_numpy(ids).long(), torch.from_numpy(images)
+        full, _ = ref(t_ids, t_images)
+        first, cache, length = ref.prefill(t_ids, t_images)
+        step, _ = ref.decode_step(torch.from_numpy(token).long(), cache, length)
+    assert length == n
+    np.testing.assert_allclose(np.asarray(ours[0]), first.numpy(), atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(np.asarray(ours[0]), full[:, -1].numpy(), atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(np.asarray(ours[1]), step.numpy(), atol=TOL, rtol=TOL)
+    assert np.abs(np.asarray(ours[1])).max() > 0.1  # O(1) logits: the comparison is not vacuous
+
+
+def test_torch_reference_rejects_incomplete_weights():
+    common = bench("common")
+    from torch_reference import TorchLlavaMini, load_jax_params, random_weights
+    baseline = common.model_config("tiny", "baseline", common.TINY_STANDARD)
+    module = TorchLlavaMini(common.model_config("tiny", "mini", common.TINY_STANDARD))
+    module.cfg = baseline  # a LLaVA-v1.5 model's params leave the compressor and pre-fusion unset
+    with pytest.raises(ValueError, match="not covered"):
+        load_jax_params(module, random_weights(baseline))
+
+
+# -- video memory ------------------------------------------------------------------------------------------------
+def test_video_memory_tiny(capsys, tmp_path):
+    lines, saved = run_tiny("video_memory", capsys, tmp_path)
+    points = by_figure(lines, "point")
+    expected = [(m, s, f) for m, counts in saved["setting"]["frames"].items() for s in ("streamed", "library")
+                for f in counts]
+    assert [(p["mode"], p["strategy"], p["frames"]) for p in points] == expected
+    for p in points:
+        assert p["fits"] and p["seconds"] >= 0 and p["planned_peak_bytes"] > 0 and p["within_budget"]
+        assert p["llm_tokens"] == 8 + p["frames"] * (1 if p["mode"] == "mini" else 16)
+    assert len(by_figure(lines, "fit")) == 4
+    for f in by_figure(lines, "strategies_agree"):  # host-streamed chunks + chunked prefill == the library path
+        assert f["max_abs_logit_diff"] <= TOL * max(1.0, f["max_abs_logit"])
+    assert len(by_figure(lines, "analytic_per_frame")) == 2
+
+
+def test_video_memory_analytic_real_size():
+    """Vicuna-7B: a token's KV cache is 2 x 32 layers x 4096 x 2 bytes = 0.5 MiB; LLaVA-v1.5 holds
+    576 of them per frame, LLaVA-Mini one; Llama-3.1-8B's GQA (8 KV heads) a quarter of that."""
+    vm = bench("video_memory")
+    vicuna = {f["mode"]: f for f in vm.analytic("vicuna-7b")}
+    assert vicuna["mini"]["kv_bytes_per_token"] == 2 * 32 * 4096 * 2
+    assert vicuna["mini"]["tokens_per_frame"] == 1 and vicuna["baseline"]["tokens_per_frame"] == 576
+    assert vicuna["baseline"]["kv_bytes_per_frame"] == 576 * vicuna["mini"]["kv_bytes_per_frame"]
+    assert vicuna["mini"]["frames_in_budget_streamed"] > 10000 > vicuna["baseline"]["frames_in_budget_streamed"]
+    llama = {f["mode"]: f for f in vm.analytic("llama-3.1-8b")}
+    assert llama["mini"]["kv_bytes_per_token"] == vicuna["mini"]["kv_bytes_per_token"] // 4
