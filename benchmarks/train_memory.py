@@ -32,19 +32,25 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.extend.core import Var
+from jax.sharding import AbstractMesh
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import linen as nn  # noqa: E402
-from jax.extend.core import Var  # noqa: E402
-from jax.sharding import AbstractMesh  # noqa: E402
+from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
+from llava_mini_jax.loading import abstract_params
+from llava_mini_jax.model import LlavaMini
 
-from common import LLAMA31_8B, emit, write_results  # noqa: E402
-from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig  # noqa: E402
-from llava_mini_jax.loading import abstract_params  # noqa: E402
-from llava_mini_jax.model import LlavaMini  # noqa: E402
+# benchmarks/common.py, with this directory on sys.path only while importing it (left there,
+# benchmarks/convert.py would shadow the `convert` package for the rest of the process)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+try:
+    from common import LLAMA31_8B, emit, write_results
+finally:
+    sys.path.remove(_HERE)
 
 GIB = 1024 ** 3
 GLOBAL_BATCH = 256

@@ -32,15 +32,21 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import numpy as np
+from flax import traverse_util
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-from common import LLAMA31_8B, emit, write_results  # noqa: E402
-from llava_mini_jax.config import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig,  # noqa: E402
+from llava_mini_jax.config import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig,
                                    LlavaMiniConfig)
+
+# benchmarks/common.py, with this directory on sys.path only while importing it (left there,
+# benchmarks/convert.py would shadow the `convert` package for the rest of the process)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+try:
+    from common import LLAMA31_8B, emit, write_results
+finally:
+    sys.path.remove(_HERE)
 
 # bf16 dense peak TFLOP/s per device, by a substring of `device_kind` (lower case).
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "tpu v6": 918.0, "tpu v5p": 459.0,
