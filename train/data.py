@@ -204,6 +204,7 @@ def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_inde
                          "processes")
     ratio = model_cfg.resolution_ratio
     return PipelineConfig(
+        image_processor=image_processor_config(model_cfg, model_dir),
         data_path=tuple(d.data_path), tokenizer_path=tokenizer, image_folder=d.image_folder,
         video_folder=d.video_folder, source=d.source, tfds_split=d.tfds_split, template=d.template,
         model_max_length=d.max_length, vision_tokens_per_frame=model_cfg.tokens_per_frame,
@@ -212,6 +213,23 @@ def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_inde
         group_by_modality_length=d.group_by_modality_length, gradient_accumulation_steps=1,
         length_buckets=d.length_buckets, process_index=process_index, process_count=process_count,
         num_workers=d.num_workers, read_threads=d.read_threads, on_bad_sample=d.on_bad_sample)
+
+
+def image_processor_config(model_cfg: LlavaMiniConfig, model_dir: str | None = None):
+    """CLIP pixel settings: the model directory's `preprocessor_config.json` when it has one, else
+    CLIP's defaults at the vision tower's image size. The crop must be that size."""
+    import dataclasses as dc
+    import os
+    from llava_mini_jax.image_processing import DEFAULT_CONFIG, ImageProcessorConfig
+    size = model_cfg.vision.image_size
+    path = os.path.join(model_dir, "preprocessor_config.json") if model_dir else None
+    if path and os.path.isfile(path):
+        ip = ImageProcessorConfig.from_json(path)
+        if (ip.crop_height, ip.crop_width) != (size, size):
+            raise ValueError(f"{path} crops {ip.crop_height}x{ip.crop_width}, but the vision tower takes "
+                             f"{size}x{size} images")
+        return ip
+    return dc.replace(DEFAULT_CONFIG, shortest_edge=size, crop_height=size, crop_width=size)
 
 
 def make_llava_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
