@@ -8,6 +8,9 @@ or one `model.safetensors` when everything fits one shard) with the reference's 
 layouts, reading one tensor (one layer slice of a stacked array) at a time, plus `config.json`
 (the JAX directory's, minus `vision_config`: the transformers-4.x config the reference reads;
 `torch_dtype` follows `--dtype` when given) and the tokenizer / processor / generation files.
+When `mm_vision_tower` is a relative directory name (e.g. `"clip"`), that directory is written
+too (an HF `CLIPVisionModel` from the checkpoint's own vision tensors), so the export stands
+alone for the reference (which reloads CLIP from there) and for `load_pretrained`.
 Default dtype: each tensor's stored dtype. JAX_DIR may also be an orbax params checkpoint saved
 by training (`params/` in orbax's OCDBT layout) next to a `config.json`.
 """
@@ -21,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from llava_mini_jax.config import BUILTIN_VISION_CONFIGS
 from llava_mini_jax.jax_checkpoint import PARAMS_DIR, HFView, ParamsReader, leaf_name
 
 from .checkpoint_config import check_model_type, model_config, read_config, resolve_vision
@@ -74,6 +78,32 @@ def read_tensor(view: HFView, name: str, shape: tuple) -> np.ndarray:
     return pl.rule.to_hf(parts)
 
 
+def relative_tower(config: dict) -> Optional[str]:
+    """`mm_vision_tower` when it names a directory relative to the checkpoint (as the fixtures'
+    `"clip"`): the export then carries that directory, so it stands alone."""
+    name = config.get("mm_vision_tower")
+    if not name or os.path.isabs(name) or name in BUILTIN_VISION_CONFIGS or "/" in name.strip("./"):
+        return None
+    return name
+
+
+def write_vision_tower(directory: str, view: HFView, specs: list, vision_dict: dict, side_dir: str) -> None:
+    """An HF `CLIPVisionModel` directory (config.json, model.safetensors with `vision_model.*` names,
+    the processor config) from the checkpoint's own vision tensors."""
+    os.makedirs(directory, exist_ok=True)
+    prefix = "model.vision_tower.vision_tower."
+    tower = [(name[len(prefix):], shape, dt) for name, shape, dt in specs if name.startswith(prefix)]
+    shapes = {name: shape for name, shape, _ in specs}
+    write_hf_weights(directory, tower, lambda n: read_tensor(view, prefix + n, shapes[prefix + n]).astype(
+        dict((t[0], t[2]) for t in tower)[n], copy=False), 1 << 62, desc="vision tower")
+    write_config(directory, {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",
+                             **{k: v for k, v in vision_dict.items() if k not in ("architectures", "model_type")}})
+    processor = os.path.join(side_dir, "preprocessor_config.json")
+    if os.path.exists(processor):
+        import shutil
+        shutil.copy2(processor, directory)
+
+
 def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size="5GB",
                       overwrite: bool = False) -> str:
     """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`."""
@@ -85,7 +115,7 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
     if not os.path.isdir(os.path.join(src, PARAMS_DIR)):
         raise FileNotFoundError(f"{src} has no {PARAMS_DIR}/ directory: not a JAX checkpoint (convert.hf_to_jax writes "
                                 "one)")
-    vision, _, _ = resolve_vision(config, src)
+    vision, vision_dict, _ = resolve_vision(config, src)
     reader = ParamsReader(os.path.join(src, PARAMS_DIR))
     cfg = model_config(config, vision)
     view = HFView(reader, cfg)  # detects the stored layer layout; raises on missing / unknown leaves
@@ -100,6 +130,9 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
                          desc=f"{os.path.basename(src)} -> safetensors")
         write_config(tmp, hf_config(config, dtype))
         copy_side_files([src], tmp)
+        tower = relative_tower(config)
+        if tower is not None:
+            write_vision_tower(os.path.join(tmp, tower), view, specs, vision_dict, tmp)
     log.info("wrote %s", out)
     return out
 

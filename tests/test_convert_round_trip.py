@@ -153,3 +153,19 @@ def test_converted_checkpoint_reproduces_logits(tmp_path, name):
             assert_close(np.asarray(out.logits)[b, :n], expected[check["logits"]][b, :n], f"{check['name']} row {b}")
         if check.get("loss"):
             assert_close(out.loss, expected[check["loss"]], f"{check['name']} loss")
+
+
+def test_export_carries_a_relative_vision_tower(tmp_path):
+    """`mm_vision_tower: "clip"` (relative): the HF export holds `clip/` with the checkpoint's own CLIP
+    tensors, so it loads standing alone (the reference reloads CLIP from there)."""
+    from safetensors.numpy import load_file
+    convert_hf_to_jax(FIXTURES / "hd" / "hf", tmp_path / "jax")
+    convert_jax_to_hf(tmp_path / "jax", tmp_path / "hf")
+    got = load_file(str(tmp_path / "hf" / "clip" / "model.safetensors"))
+    want = load_file(str(FIXTURES / "hd" / "hf" / "clip" / "model.safetensors"))
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    tower = json.loads((tmp_path / "hf" / "clip" / "config.json").read_text())
+    assert tower["model_type"] == "clip_vision_model" and tower["hidden_size"] == 32
+    shutil.rmtree(tmp_path / "jax")
+    model, params = load_pretrained(tmp_path / "hf")
+    assert model.config.vision.num_layers == 3
