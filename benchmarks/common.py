@@ -35,14 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1024 ** 3
 
 # -- configurations -----------------------------------------------------------------------------------
-VICUNA_7B = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
-                        num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=4096,
-                        pad_token_id=0)
-LLAMA31_8B = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
-                         num_kv_heads=8, rms_norm_eps=1e-5, rope_theta=5e5,
-                         rope_scaling=RopeScaling("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                                  original_max_position_embeddings=8192),
-                         max_position_embeddings=131072, pad_token_id=128004)
+from llava_mini_jax.flops import LLAMA31_8B, VICUNA_7B  # noqa: E402  (the library's real-size presets)
 # Small enough that a forward compiles and runs in a second on CPU; GQA so the KV arithmetic is exercised.
 TINY_LLM = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                        num_kv_heads=2, rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=8192,

@@ -37,6 +37,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from common import (PAPER_TFLOPS, Variant, abstract_param_tree, default_out, emit, model_config,  # noqa: E402
                     request_shapes, rounded, significant, variants, vision_tokens, write_results)
+from llava_mini_jax.flops import decode_flops as analytic_decode_flops  # noqa: E402
+from llava_mini_jax.flops import llama_layer_flops  # noqa: E402
+from llava_mini_jax.flops import request_flops as analytic_request_flops  # noqa: E402
 from llava_mini_jax.config import LlamaConfig, LlavaMiniConfig, projector_layers  # noqa: E402
 from llava_mini_jax.generate import init_kv_cache  # noqa: E402
 from llava_mini_jax.model import LlavaMini  # noqa: E402
@@ -129,45 +132,14 @@ def request_flops(model: LlavaMini, params, variant: Variant, prompt_tokens: int
 
 
 # -- analytic counts -------------------------------------------------------------------------------------
-def llama_layer_flops(c: LlamaConfig, tokens: int, keys: int, causal: bool = False) -> float:
-    """One decoder layer: `2 * tokens * matmul params + 4 * (query, key) pairs * heads * head_dim`,
-    with `tokens * keys` pairs (dense: what XLA computes under a mask) or, `causal`, only the
-    `tokens * (tokens + 1) / 2` pairs a causal kernel visits."""
-    q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    weights = c.hidden_size * (2 * q_width + 2 * kv_width) + 3 * c.hidden_size * c.intermediate_size
-    pairs = tokens * (tokens + 1) / 2 if causal else tokens * keys
-    return 2.0 * tokens * weights + 4.0 * pairs * q_width
-
-
 def analytic_components(cfg: LlavaMiniConfig, variant: Variant, req: Request, causal: bool = False) -> dict:
-    """The same parts as `component_flops`, from the config alone (`causal`: Llama attention over
-    the causal half only)."""
-    v, c = cfg.vision, cfg.llm
-    d, dm, n, parts = v.hidden_size, c.hidden_size, v.num_patches, variant.parts
-    t = n + 1
-    clip_layer = 2.0 * t * (4 * d * d + 2 * d * v.intermediate_size) + 4.0 * t * t * d
-    patch_embed = 2.0 * n * v.num_channels * v.patch_size ** 2 * d
-    out = {"clip": parts * (patch_embed + cfg.num_vision_layers_used * clip_layer)}
-    k = projector_layers(cfg.projector_type)
-    per_token_projector = 2.0 * (d * dm + (k - 1) * dm * dm)
-    if cfg.is_mini:
-        q = cfg.compressor_size ** 2
-        tiles = (parts - 1) * n
-        keys = tiles if parts > 1 else n
-        out["compressor"] = 2.0 * q * d * d * 2 + 2.0 * 2 * keys * d * d + 4.0 * q * keys * d
-        out["projector"] = per_token_projector * (tiles + n + q)
-        seq = tiles + n + q + req.text
-        out["prefusion"] = cfg.prefusion_layers * llama_layer_flops(c, seq, seq, causal)
-    else:
-        out["projector"] = per_token_projector * parts * n
-    out["llm_prefill"] = (c.num_layers * llama_layer_flops(c, req.spliced, req.cache, causal)
-                          + 2.0 * dm * c.vocab_size)
-    return out
+    """The same parts as `component_flops`, from the config alone (`llava_mini_jax.flops`;
+    `causal`: Llama attention over the causal half only)."""
+    return analytic_request_flops(cfg, variant.parts, req.text, causal)
 
 
 def analytic_decode(cfg: LlavaMiniConfig, req: Request) -> float:
-    c = cfg.llm
-    return c.num_layers * llama_layer_flops(c, 1, req.cache) + 2.0 * c.hidden_size * c.vocab_size
+    return analytic_decode_flops(cfg, req.cache)
 
 
 def marginal_text_token(cfg: LlavaMiniConfig) -> float:
