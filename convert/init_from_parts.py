@@ -75,9 +75,15 @@ def _llm_name(key: str) -> Optional[str]:
     return key
 
 
+_BARE_VISION = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
+
+
 def _clip_name(key: str) -> Optional[str]:
-    """CLIP's `vision_model.*` -> the LLaVA name; the text tower and projections are dropped."""
-    return TOWER_PREFIX + key if key.startswith("vision_model.") else None
+    """CLIP's `vision_model.*` -> the LLaVA name; the text tower and projections are dropped. A
+    `CLIPVisionModel` saved by transformers 5 has no `vision_model.` prefix: it is added."""
+    if key.startswith("vision_model."):
+        return TOWER_PREFIX + key
+    return TOWER_PREFIX + "vision_model." + key if key.startswith(_BARE_VISION) else None
 
 
 def _projector_name(path: str):

@@ -173,3 +173,20 @@ def test_bad_parts(parts, tmp_path, capsys):
                  "--projector", str(bad)]) == 2
     assert "expected only model.mm_projector.* tensors" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_clip_vision_model_directory_without_the_vision_model_prefix(parts, mini, tmp_path):
+    """Some `CLIPVisionModel` exports name tensors `embeddings.*`, `encoder.*`, ... without the
+    `vision_model.` prefix; the result must equal the one made from the full CLIPModel."""
+    from safetensors.numpy import save_file
+    clip = {k[len("vision_model."):]: v for k, v in hf_tensors(parts[1]).items() if k.startswith("vision_model.")}
+    (tmp_path / "vision").mkdir()
+    save_file(clip, str(tmp_path / "vision" / "model.safetensors"))
+    vision_cfg = json.loads((parts[1] / "config.json").read_text())["vision_config"]
+    (tmp_path / "vision" / "config.json").write_text(json.dumps({**vision_cfg, "model_type": "clip_vision_model"}))
+    (tmp_path / "vision" / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32, "size": 32}))
+    out = tmp_path / "from_vision_model"
+    init_from_parts(parts[0], tmp_path / "vision", out, compressor_size=2, prefusion_layers=2, seed=3)
+    got, want = hf_tensors(out), hf_tensors(mini)
+    assert set(got) == set(want)
+    assert_same_tensors(got, want)
