@@ -7,25 +7,45 @@ import pytest
 from llava_mini_jax.eval import table
 
 
-@pytest.mark.parametrize("out, md, js", [("r.md", "r.md", "r.json"), ("r.json", "r.md", "r.json"),
-                                         ("runs/r", "runs/r.md", "runs/r.json")])
+@pytest.mark.parametrize(
+    "out, md, js",
+    [("r.md", "r.md", "r.json"), ("r.json", "r.md", "r.json"), ("runs/r", "runs/r.md", "runs/r.json")],
+)
 def test_table_paths(out, md, js):
-  assert table.table_paths(Path(out)) == (Path(md), Path(js))
+    assert table.table_paths(Path(out)) == (Path(md), Path(js))
 
 
 def test_markdown_keeps_proxies_out_of_ours():
-  rows = [{"benchmark": "gqa", "title": "GQA", "split": "testdev", "metric": "accuracy",
-           "ours": 61.26, "paper": 61.3, "proxy": None, "note": ""},
-          {"benchmark": "mmvet", "title": "MM-Vet", "split": "test", "metric": "proxy_contains",
-           "ours": None, "paper": 37.2, "proxy": 12.34, "note": "GPT-judged | x"}]
-  lines = table.markdown(rows).splitlines()
-  assert lines[0].startswith("| Benchmark | Split | Metric | Ours | Paper: ")
-  assert lines[2] == "| GQA | testdev | accuracy | 61.3 | 61.3 | — |  |"
-  assert lines[3] == "| MM-Vet | test | proxy_contains | — | 37.2 | 12.3 | GPT-judged \\| x |"
-  assert "NOT comparable" in lines[-1]
+    rows = [
+        {
+            "benchmark": "gqa",
+            "title": "GQA",
+            "split": "testdev",
+            "metric": "accuracy",
+            "ours": 61.26,
+            "paper": 61.3,
+            "proxy": None,
+            "note": "",
+        },
+        {
+            "benchmark": "mmvet",
+            "title": "MM-Vet",
+            "split": "test",
+            "metric": "proxy_contains",
+            "ours": None,
+            "paper": 37.2,
+            "proxy": 12.34,
+            "note": "GPT-judged | x",
+        },
+    ]
+    lines = table.markdown(rows).splitlines()
+    assert lines[0].startswith("| Benchmark | Split | Metric | Ours | Paper: ")
+    assert lines[2] == "| GQA | testdev | accuracy | 61.3 | 61.3 | — |  |"
+    assert lines[3] == "| MM-Vet | test | proxy_contains | — | 37.2 | 12.3 | GPT-judged \\| x |"
+    assert "NOT comparable" in lines[-1]
 
 
 def test_load_rejects_a_foreign_json(tmp_path):
-  (tmp_path / "r.json").write_text("[1, 2]")
-  with pytest.raises(ValueError, match="results table"):
-    table.load(tmp_path / "r.md")
+    (tmp_path / "r.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="results table"):
+        table.load(tmp_path / "r.md")

@@ -18,62 +18,79 @@ from llava_mini_jax.eval.runner import AnswerFn, load_answers, run_benchmark
 
 
 def _note(bench: registry.Benchmark, split: str, written: Dict[str, Path]) -> str:
-  uploads = "; ".join(f"{label}: {path}" for label, path in written.items())
-  if bench.is_server_scored(split):
-    return f"server-scored: submit {uploads}"
-  if bench.judged:
-    return "GPT-judged: official score needs the judge" + (f" ({uploads})" if uploads else "")
-  if bench.name.startswith("mmbench"):
-    return "rule-based option matching (no GPT fallback)"
-  return ""
+    uploads = "; ".join(f"{label}: {path}" for label, path in written.items())
+    if bench.is_server_scored(split):
+        return f"server-scored: submit {uploads}"
+    if bench.judged:
+        return "GPT-judged: official score needs the judge" + (f" ({uploads})" if uploads else "")
+    if bench.name.startswith("mmbench"):
+        return "rule-based option matching (no GPT fallback)"
+    return ""
 
 
-def evaluate(bench: str, data_dir, answer_fn: Optional[AnswerFn], out=None,
-             split: Optional[str] = None, batch_size: int = 8, limit: Optional[int] = None,
-             work_dir=None, progress: bool = True, model_id: str = "llava-mini-jax") -> Dict:
-  """Evaluate `answer_fn` on one benchmark split; returns the result row (metrics included).
+def evaluate(
+    bench: str,
+    data_dir,
+    answer_fn: Optional[AnswerFn],
+    out=None,
+    split: Optional[str] = None,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    work_dir=None,
+    progress: bool = True,
+    model_id: str = "llava-mini-jax",
+) -> Dict:
+    """Evaluate `answer_fn` on one benchmark split; returns the result row (metrics included).
 
-  Args:
-    bench: a name of `registry.BENCHMARKS` (e.g. 'gqa', 'pope', 'mvbench').
-    data_dir: the benchmark's folder, laid out as `registry.BENCHMARKS[bench].layout` says.
-    answer_fn: the model; None scores the answers already in the answers file (missing ones
-      count as empty answers).
-    out: results table path (`x.md` or `x.json`; both are written and merged with earlier rows).
-    split: the split (default: the one the paper reports).
-    batch_size: questions per `answer_fn` call.
-    limit: only the first `limit` questions are asked and scored.
-    work_dir: where answers and uploads go (default `<data_dir>/answers`).
-    progress: show a progress bar.
-    model_id: written into the answers file.
-  """
-  b = registry.get(bench)
-  split = split or b.default_split
-  if split not in b.splits:
-    raise ValueError(f"{bench}: unknown split {split!r}, expected one of {list(b.splits)}")
-  data_dir = Path(data_dir)
-  work = Path(work_dir) if work_dir is not None else data_dir / "answers"
-  items = b.read(data_dir, split)
-  if limit is not None:
-    items = items[:limit]
-  answers_path = work / f"{b.name}-{split}.jsonl"
-  if answer_fn is None:
-    answers = load_answers(answers_path)
-  else:
-    answers = run_benchmark(items, answer_fn, answers_path, batch_size=batch_size,
-                            progress=progress, model_id=model_id)
-  server = b.is_server_scored(split)
-  metrics = {} if server or b.score is None else b.score(items, answers)
-  written = b.write(items, answers, work / "upload", data_dir, split) if b.write else {}
-  value = metrics.get(b.headline)
-  row = {
-      "benchmark": b.name, "title": b.title, "split": split, "modality": b.modality,
-      "metric": b.headline, "ours": None if b.judged else value,
-      "proxy": value if b.judged else None,
-      "paper": b.paper if split == b.paper_split else None,
-      "note": _note(b, split, written), "count": len(items), "limit": limit,
-      "answers_file": str(answers_path), "files": {k: str(v) for k, v in written.items()},
-      "metrics": metrics,
-  }
-  if out is not None:
-    table.update(Path(out), row)
-  return row
+    Args:
+      bench: a name of `registry.BENCHMARKS` (e.g. 'gqa', 'pope', 'mvbench').
+      data_dir: the benchmark's folder, laid out as `registry.BENCHMARKS[bench].layout` says.
+      answer_fn: the model; None scores the answers already in the answers file (missing ones
+        count as empty answers).
+      out: results table path (`x.md` or `x.json`; both are written and merged with earlier rows).
+      split: the split (default: the one the paper reports).
+      batch_size: questions per `answer_fn` call.
+      limit: only the first `limit` questions are asked and scored.
+      work_dir: where answers and uploads go (default `<data_dir>/answers`).
+      progress: show a progress bar.
+      model_id: written into the answers file.
+    """
+    b = registry.get(bench)
+    split = split or b.default_split
+    if split not in b.splits:
+        raise ValueError(f"{bench}: unknown split {split!r}, expected one of {list(b.splits)}")
+    data_dir = Path(data_dir)
+    work = Path(work_dir) if work_dir is not None else data_dir / "answers"
+    items = b.read(data_dir, split)
+    if limit is not None:
+        items = items[:limit]
+    answers_path = work / f"{b.name}-{split}.jsonl"
+    if answer_fn is None:
+        answers = load_answers(answers_path)
+    else:
+        answers = run_benchmark(
+            items, answer_fn, answers_path, batch_size=batch_size, progress=progress, model_id=model_id
+        )
+    server = b.is_server_scored(split)
+    metrics = {} if server or b.score is None else b.score(items, answers)
+    written = b.write(items, answers, work / "upload", data_dir, split) if b.write else {}
+    value = metrics.get(b.headline)
+    row = {
+        "benchmark": b.name,
+        "title": b.title,
+        "split": split,
+        "modality": b.modality,
+        "metric": b.headline,
+        "ours": None if b.judged else value,
+        "proxy": value if b.judged else None,
+        "paper": b.paper if split == b.paper_split else None,
+        "note": _note(b, split, written),
+        "count": len(items),
+        "limit": limit,
+        "answers_file": str(answers_path),
+        "files": {k: str(v) for k, v in written.items()},
+        "metrics": metrics,
+    }
+    if out is not None:
+        table.update(Path(out), row)
+    return row

@@ -26,106 +26,124 @@ AnswerFn = Callable[[List[EvalItem]], List[str]]
 
 
 def _read_lines(path: Path) -> List[dict]:
-  """Answer records of `path`; a truncated last line is cut off the file (it is rewritten)."""
-  with open(path, "rb") as f:
-    data = f.read()
-  records, offset = [], 0
-  lines = data.split(b"\n")
-  for number, raw in enumerate(lines, start=1):
-    is_last = number == len(lines)
-    if raw.strip():
-      try:
-        records.append(json.loads(raw))
-      except json.JSONDecodeError as e:
-        if not is_last:
-          raise ValueError(f"answers file {path}: line {number} is not valid JSON ({e}); "
-                           f"only an interrupted last line is repaired") from e
-        with open(path, "r+b") as f:  # drop the half-written last line
-          f.truncate(offset)
-        break
-    offset += len(raw) + 1
-  else:
-    if data and not data.endswith(b"\n"):  # a complete last line without its newline
-      with open(path, "ab") as f:
-        f.write(b"\n")
-  return records
+    """Answer records of `path`; a truncated last line is cut off the file (it is rewritten)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    records, offset = [], 0
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        if raw.strip():
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError as e:
+                if not is_last:
+                    raise ValueError(
+                        f"answers file {path}: line {number} is not valid JSON ({e}); "
+                        f"only an interrupted last line is repaired"
+                    ) from e
+                with open(path, "r+b") as f:  # drop the half-written last line
+                    f.truncate(offset)
+                break
+        offset += len(raw) + 1
+    else:
+        if data and not data.endswith(b"\n"):  # a complete last line without its newline
+            with open(path, "ab") as f:
+                f.write(b"\n")
+    return records
 
 
 def load_answers(path: Path) -> Dict[Key, str]:
-  """key -> answer text of an answers file (empty when the file does not exist)."""
-  path = Path(path)
-  if not path.exists():
-    return {}
-  answers = {}
-  for number, record in enumerate(_read_lines(path), start=1):
-    if not isinstance(record, dict) or not {"question_id", "prompt", "text"} <= set(record):
-      raise ValueError(f"answers file {path}: record {number} needs question_id, prompt and "
-                       f"text, got {record!r:.200}")
-    answers[item_key(record["question_id"], record["prompt"])] = record["text"]
-  return answers
+    """key -> answer text of an answers file (empty when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    answers = {}
+    for number, record in enumerate(_read_lines(path), start=1):
+        if not isinstance(record, dict) or not {"question_id", "prompt", "text"} <= set(record):
+            raise ValueError(
+                f"answers file {path}: record {number} needs question_id, prompt and "
+                f"text, got {record!r:.200}"
+            )
+        answers[item_key(record["question_id"], record["prompt"])] = record["text"]
+    return answers
 
 
 def answer_record(item: EvalItem, text: str, model_id: str) -> dict:
-  """One line of the answers file, in the reference's layout."""
-  return {"question_id": item.question_id, "prompt": item.prompt, "text": text,
-          "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": {}}
+    """One line of the answers file, in the reference's layout."""
+    return {
+        "question_id": item.question_id,
+        "prompt": item.prompt,
+        "text": text,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_id,
+        "metadata": {},
+    }
 
 
-def pending_batches(items: Sequence[EvalItem], done: Dict[Key, str],
-                    batch_size: int) -> List[List[EvalItem]]:
-  """Unanswered items, longest query first (stable), cut into batches of `batch_size`."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  seen, todo = set(done), []
-  for item in items:
-    if item.key not in seen:
-      seen.add(item.key)
-      todo.append(item)
-  todo.sort(key=lambda item: -len(item.query))
-  return [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+def pending_batches(items: Sequence[EvalItem], done: Dict[Key, str], batch_size: int) -> List[List[EvalItem]]:
+    """Unanswered items, longest query first (stable), cut into batches of `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seen, todo = set(done), []
+    for item in items:
+        if item.key not in seen:
+            seen.add(item.key)
+            todo.append(item)
+    todo.sort(key=lambda item: -len(item.query))
+    return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
 
-def run_benchmark(items: Sequence[EvalItem], answer_fn: AnswerFn, answers_path: Path,
-                  batch_size: int = 8, limit: Optional[int] = None, progress: bool = True,
-                  model_id: str = "llava-mini-jax") -> Dict[Key, str]:
-  """Answer every item (the first `limit` only, if given) and return key -> answer text.
+def run_benchmark(
+    items: Sequence[EvalItem],
+    answer_fn: AnswerFn,
+    answers_path: Path,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    progress: bool = True,
+    model_id: str = "llava-mini-jax",
+) -> Dict[Key, str]:
+    """Answer every item (the first `limit` only, if given) and return key -> answer text.
 
-  Args:
-    items: the benchmark's questions, in the benchmark's order.
-    answer_fn: the model: a batch of items -> one answer string per item, in order.
-    answers_path: the jsonl file answers are appended to (and read back on restart).
-    batch_size: questions per `answer_fn` call.
-    limit: only the first `limit` items (in benchmark order) are asked.
-    progress: show a tqdm progress bar.
-    model_id: written into each answer line.
-  """
-  if limit is not None:
-    if limit < 0:
-      raise ValueError(f"limit must be >= 0, got {limit}")
-    items = list(items)[:limit]
-  answers_path = Path(answers_path)
-  answers_path.parent.mkdir(parents=True, exist_ok=True)
-  done = load_answers(answers_path)
-  batches = pending_batches(items, done, batch_size)
-  bar = None
-  if progress:
-    from tqdm import tqdm
-    bar = tqdm(total=sum(len(b) for b in batches), desc=answers_path.stem, unit="q")
-  with open(answers_path, "a", encoding="utf-8") as f:
-    for batch in batches:
-      texts = answer_fn(list(batch))
-      if len(texts) != len(batch):
-        raise ValueError(f"answer_fn returned {len(texts)} answers for a batch of {len(batch)}")
-      for item, text in zip(batch, texts):
-        if not isinstance(text, str):
-          raise ValueError(f"answer_fn must return strings; got {type(text).__name__} for "
-                           f"question {item.question_id!r}")
-        f.write(json.dumps(answer_record(item, text, model_id)) + "\n")
-        done[item.key] = text
-      f.flush()
-      os.fsync(f.fileno())
-      if bar is not None:
-        bar.update(len(batch))
-  if bar is not None:
-    bar.close()
-  return {item.key: done[item.key] for item in items}
+    Args:
+      items: the benchmark's questions, in the benchmark's order.
+      answer_fn: the model: a batch of items -> one answer string per item, in order.
+      answers_path: the jsonl file answers are appended to (and read back on restart).
+      batch_size: questions per `answer_fn` call.
+      limit: only the first `limit` items (in benchmark order) are asked.
+      progress: show a tqdm progress bar.
+      model_id: written into each answer line.
+    """
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        items = list(items)[:limit]
+    answers_path = Path(answers_path)
+    answers_path.parent.mkdir(parents=True, exist_ok=True)
+    done = load_answers(answers_path)
+    batches = pending_batches(items, done, batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(b) for b in batches), desc=answers_path.stem, unit="q")
+    with open(answers_path, "a", encoding="utf-8") as f:
+        for batch in batches:
+            texts = answer_fn(list(batch))
+            if len(texts) != len(batch):
+                raise ValueError(f"answer_fn returned {len(texts)} answers for a batch of {len(batch)}")
+            for item, text in zip(batch, texts):
+                if not isinstance(text, str):
+                    raise ValueError(
+                        f"answer_fn must return strings; got {type(text).__name__} for "
+                        f"question {item.question_id!r}"
+                    )
+                f.write(json.dumps(answer_record(item, text, model_id)) + "\n")
+                done[item.key] = text
+            f.flush()
+            os.fsync(f.fileno())
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return {item.key: done[item.key] for item in items}

@@ -16,64 +16,72 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from llava_mini_jax.eval.registry import BENCHMARKS, PAPER_MODEL
 
-COLUMNS = ("Benchmark", "Split", "Metric", "Ours", f"Paper: {PAPER_MODEL}", "Offline proxy",
-           "Note")
+COLUMNS = ("Benchmark", "Split", "Metric", "Ours", f"Paper: {PAPER_MODEL}", "Offline proxy", "Note")
 
 
 def table_paths(out: Path) -> Tuple[Path, Path]:
-  """(markdown path, JSON path) for `--out`: `x.md`/`x.json` give both; other names get suffixes."""
-  out = Path(out)
-  base = out.with_suffix("") if out.suffix in (".md", ".json") else out
-  return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
+    """(markdown path, JSON path) for `--out`: `x.md`/`x.json` give both; other names get suffixes."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in (".md", ".json") else out
+    return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
 
 
 def _number(value: Optional[float]) -> str:
-  return "—" if value is None else f"{value:.1f}"
+    return "—" if value is None else f"{value:.1f}"
 
 
 def row_cells(row: Dict) -> List[str]:
-  """The markdown cells of one result row."""
-  return [row["title"], row["split"], row["metric"], _number(row.get("ours")),
-          _number(row.get("paper")), _number(row.get("proxy")), row.get("note", "")]
+    """The markdown cells of one result row."""
+    return [
+        row["title"],
+        row["split"],
+        row["metric"],
+        _number(row.get("ours")),
+        _number(row.get("paper")),
+        _number(row.get("proxy")),
+        row.get("note", ""),
+    ]
 
 
 def markdown(rows: Sequence[Dict]) -> str:
-  """A markdown table of result rows."""
-  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  for row in rows:
-    cells = [c.replace("|", "\\|") for c in row_cells(row)]
-    lines.append("| " + " | ".join(cells) + " |")
-  notes = ("Ours: computed with the benchmark's official or reference scoring rule. "
-           "Offline proxy: exact/contains match for GPT-judged benchmarks, NOT comparable "
-           "with the paper.")
-  return "\n".join(lines) + "\n\n" + notes + "\n"
+    """A markdown table of result rows."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [c.replace("|", "\\|") for c in row_cells(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = (
+        "Ours: computed with the benchmark's official or reference scoring rule. "
+        "Offline proxy: exact/contains match for GPT-judged benchmarks, NOT comparable "
+        "with the paper."
+    )
+    return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
 def _order(row: Dict) -> Tuple[int, str]:
-  names = list(BENCHMARKS)
-  index = names.index(row["benchmark"]) if row["benchmark"] in names else len(names)
-  return (index, row["split"])
+    names = list(BENCHMARKS)
+    index = names.index(row["benchmark"]) if row["benchmark"] in names else len(names)
+    return (index, row["split"])
 
 
 def load(out: Path) -> List[Dict]:
-  """The rows of the table at `out` (none when it does not exist yet)."""
-  _, json_path = table_paths(out)
-  if not json_path.exists():
-    return []
-  data = json.loads(json_path.read_text(encoding="utf-8"))
-  if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-    raise ValueError(f"{json_path}: expected a results table {{'rows': [...]}}")
-  return data["rows"]
+    """The rows of the table at `out` (none when it does not exist yet)."""
+    _, json_path = table_paths(out)
+    if not json_path.exists():
+        return []
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"{json_path}: expected a results table {{'rows': [...]}}")
+    return data["rows"]
 
 
 def update(out: Path, row: Dict) -> Tuple[Path, Path]:
-  """Insert or replace `row` (same benchmark and split) and rewrite both files."""
-  rows = [r for r in load(out)
-          if (r["benchmark"], r["split"]) != (row["benchmark"], row["split"])]
-  rows = sorted(rows + [row], key=_order)
-  md_path, json_path = table_paths(out)
-  md_path.parent.mkdir(parents=True, exist_ok=True)
-  json_path.write_text(json.dumps({"paper_model": PAPER_MODEL, "rows": rows}, indent=2,
-                                  default=str) + "\n", encoding="utf-8")
-  md_path.write_text(markdown(rows), encoding="utf-8")
-  return md_path, json_path
+    """Insert or replace `row` (same benchmark and split) and rewrite both files."""
+    rows = [r for r in load(out) if (r["benchmark"], r["split"]) != (row["benchmark"], row["split"])]
+    rows = sorted(rows + [row], key=_order)
+    md_path, json_path = table_paths(out)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(
+        json.dumps({"paper_model": PAPER_MODEL, "rows": rows}, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    md_path.write_text(markdown(rows), encoding="utf-8")
+    return md_path, json_path

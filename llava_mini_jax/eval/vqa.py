@@ -26,11 +26,44 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from llava_mini_jax.eval.item import EvalItem, Key
 
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">",
-               "<", "@", "`", ",", "?", "!")
+PUNCTUATION = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 ARTICLES = frozenset({"a", "an", "the"})
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 
 # The official VQA table of contractions written without their apostrophe. Its capitalised keys
 # (Im, Ive, Id've) can never match the lower-cased words and are left out; 'somebody'd' really
@@ -59,8 +92,7 @@ wouldnt wouldn't|wouldnt've wouldn't've|wouldn'tve wouldn't've|yall y'all|yall'l
 y'allll y'all'll|yall'd've y'all'd've|y'alld've y'all'd've|y'all'dve y'all'd've|youd you'd
 youd've you'd've|you'dve you'd've|youll you'll|youre you're|youve you've
 """
-CONTRACTIONS = dict(
-    pair.split(" ") for pair in re.split(r"[|\n]", _CONTRACTION_PAIRS) if pair.strip())
+CONTRACTIONS = dict(pair.split(" ") for pair in re.split(r"[|\n]", _CONTRACTION_PAIRS) if pair.strip())
 
 _DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
@@ -68,77 +100,83 @@ _MAX_PERIODS_REMOVED = 32  # re.UNICODE passed as `count` in the reference
 
 
 def _strip_punctuation(text: str) -> str:
-  has_number_group = _DIGIT_COMMA_DIGIT.search(text) is not None
-  out = text
-  for p in PUNCTUATION:
-    touches_space = (p + " ") in text or (" " + p) in text
-    out = out.replace(p, "" if touches_space or has_number_group else " ")
-  return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_MAX_PERIODS_REMOVED)
+    has_number_group = _DIGIT_COMMA_DIGIT.search(text) is not None
+    out = text
+    for p in PUNCTUATION:
+        touches_space = (p + " ") in text or (" " + p) in text
+        out = out.replace(p, "" if touches_space or has_number_group else " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_MAX_PERIODS_REMOVED)
 
 
 def _normalize_words(text: str) -> str:
-  words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-  words = [w for w in words if w not in ARTICLES]
-  return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
 def normalize_answer(answer: str) -> str:
-  """The EvalAI/VQA normalised form of `answer` (see the module docstring for the rules)."""
-  text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-  text = text.replace("\n", " ").replace("\t", " ").strip()
-  return _normalize_words(_strip_punctuation(text))
+    """The EvalAI/VQA normalised form of `answer` (see the module docstring for the rules)."""
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return _normalize_words(_strip_punctuation(text))
 
 
 def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
-  """Soft VQA accuracy in [0, 1] of one prediction against the human answers (both normalised)."""
-  if not human_answers:
-    raise ValueError("vqa_accuracy needs at least one human answer, got none")
-  pred = normalize_answer(prediction)
-  humans = [normalize_answer(a) for a in human_answers]
-  per_subset = []
-  for left_out in range(len(humans)):
-    matches = sum(1 for j, h in enumerate(humans) if j != left_out and h == pred)
-    per_subset.append(min(1.0, matches / 3))
-  return sum(per_subset) / len(per_subset)
+    """Soft VQA accuracy in [0, 1] of one prediction against the human answers (both normalised)."""
+    if not human_answers:
+        raise ValueError("vqa_accuracy needs at least one human answer, got none")
+    pred = normalize_answer(prediction)
+    humans = [normalize_answer(a) for a in human_answers]
+    per_subset = []
+    for left_out in range(len(humans)):
+        matches = sum(1 for j, h in enumerate(humans) if j != left_out and h == pred)
+        per_subset.append(min(1.0, matches / 3))
+    return sum(per_subset) / len(per_subset)
 
 
 def score(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, float]:
-  """VQA accuracy (percent) over `items`, whose `meta["answers"]` are the human answers.
+    """VQA accuracy (percent) over `items`, whose `meta["answers"]` are the human answers.
 
-  A question without an answer in `answers` scores as the empty answer.
-  """
-  scores = [vqa_accuracy(answers.get(item.key, ""), item.meta["answers"]) for item in items]
-  return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1), "count": len(scores)}
-
-
-def write_vqav2_submission(items: Sequence[EvalItem], answers: Mapping[Key, str], path: Path,
-                           all_question_ids: Optional[Iterable[int]] = None) -> Path:
-  """EvalAI VQAv2 upload: `[{"question_id", "answer"}]`, answers normalised.
-
-  The server wants every question of test2015 even for a test-dev submission: ids in
-  `all_question_ids` that were not asked get the empty answer, as in the reference.
-  """
-  by_id = {item.question_id: normalize_answer(answers.get(item.key, "")) for item in items}
-  ids: List = list(all_question_ids) if all_question_ids is not None else list(by_id)
-  rows = [{"question_id": qid, "answer": by_id.get(qid, "")} for qid in ids]
-  return _dump(rows, path)
+    A question without an answer in `answers` scores as the empty answer.
+    """
+    scores = [vqa_accuracy(answers.get(item.key, ""), item.meta["answers"]) for item in items]
+    return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1), "count": len(scores)}
 
 
-def write_vizwiz_submission(items: Sequence[EvalItem], answers: Mapping[Key, str],
-                            path: Path) -> Path:
-  """EvalAI VizWiz upload: `[{"image", "answer"}]` for every question, answers normalised."""
-  missing = [item.question_id for item in items if item.key not in answers]
-  if missing:
-    raise ValueError(f"VizWiz submission needs an answer to every question; "
-                     f"{len(missing)} have none, e.g. question_id {missing[0]!r}")
-  rows = [{"image": item.meta["image_name"], "answer": normalize_answer(answers[item.key])}
-          for item in items]
-  return _dump(rows, path)
+def write_vqav2_submission(
+    items: Sequence[EvalItem],
+    answers: Mapping[Key, str],
+    path: Path,
+    all_question_ids: Optional[Iterable[int]] = None,
+) -> Path:
+    """EvalAI VQAv2 upload: `[{"question_id", "answer"}]`, answers normalised.
+
+    The server wants every question of test2015 even for a test-dev submission: ids in
+    `all_question_ids` that were not asked get the empty answer, as in the reference.
+    """
+    by_id = {item.question_id: normalize_answer(answers.get(item.key, "")) for item in items}
+    ids: List = list(all_question_ids) if all_question_ids is not None else list(by_id)
+    rows = [{"question_id": qid, "answer": by_id.get(qid, "")} for qid in ids]
+    return _dump(rows, path)
+
+
+def write_vizwiz_submission(items: Sequence[EvalItem], answers: Mapping[Key, str], path: Path) -> Path:
+    """EvalAI VizWiz upload: `[{"image", "answer"}]` for every question, answers normalised."""
+    missing = [item.question_id for item in items if item.key not in answers]
+    if missing:
+        raise ValueError(
+            f"VizWiz submission needs an answer to every question; "
+            f"{len(missing)} have none, e.g. question_id {missing[0]!r}"
+        )
+    rows = [
+        {"image": item.meta["image_name"], "answer": normalize_answer(answers[item.key])} for item in items
+    ]
+    return _dump(rows, path)
 
 
 def _dump(rows, path: Path) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(rows, f)
-  return path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    return path
