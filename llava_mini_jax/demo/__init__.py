@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--train-images", type=int, default=6000)
     p.add_argument("--test-questions", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="rows per training step (both stages)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both stages (nothing is pretrained)")
     p.add_argument("--no-baseline", action="store_true", help="skip the LLaVA-v1.5-mode comparison run")
     p.add_argument("--model", default=None, help="chat with this checkpoint instead (with --image)")
     p.add_argument("--image", default=None)
@@ -46,7 +48,8 @@ def run(args) -> int:
     if args.model:
         return chat_with(args.model, args.image, args.prompt)
     run_demo(args.out, steps=args.steps, stage1_steps=args.stage1_steps, train_images=args.train_images,
-             test_questions=args.test_questions, seed=args.seed, baseline=not args.no_baseline)
+             test_questions=args.test_questions, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+             baseline=not args.no_baseline)
     return 0
 
 
@@ -65,7 +68,8 @@ def _say(msg: str) -> None:
 
 
 def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images: int = 6000,
-             test_questions: int = 400, seed: int = 0, baseline: bool = True, progress: bool = True) -> dict:
+             test_questions: int = 400, seed: int = 0, lr: float = 3e-3, batch_size: int = 32, baseline: bool = True,
+             progress: bool = True) -> dict:
     """Runs the demo into `out`; returns the results (also written to `out/results.json`)."""
     _quiet_tfds()
     from ..chat import ChatSession
@@ -83,7 +87,7 @@ def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images:
     vocab = load_tokenizer(tok_dir).vocab_size
     configs = {m: pipeline.write_model_config(os.path.join(out, f"{m}_config.json"), pipeline.tiny_config(vocab, m))
                for m in ("baseline", "mini")}
-    common = dict(tokenizer=tok_dir, seed=seed, lr=3e-3, progress=progress)
+    common = dict(tokenizer=tok_dir, seed=seed, lr=lr, batch=batch_size, progress=progress)
 
     _say(f"stage 1: LLaVA-v1.5 mode, projector only, {stage1_steps} steps on captions (plain template)")
     s1 = pipeline.run_stage("stage1", pipeline.stage_overrides(
@@ -100,7 +104,7 @@ def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images:
 
     _say("export to HF safetensors (convert.jax_to_hf), reload with load_pretrained, evaluate with generate")
     test = report.load_test(data.test_json)
-    rows, results = [], {"seed": seed, "steps": steps, "stage1_steps": stage1_steps, "train_images": train_images}
+    rows, results = [], {"seed": seed, "lr": lr, "batch_size": batch_size, "steps": steps, "stage1_steps": stage1_steps, "train_images": train_images}
     probe = os.path.join(data.image_folder, test[0]["image"])
     for mode, title in variants:
         hf_dir = pipeline.export_hf(runs[mode].last_checkpoint, os.path.join(out, "hf", mode), tok_dir)

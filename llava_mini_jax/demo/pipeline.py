@@ -40,15 +40,15 @@ def write_model_config(path: str, cfg: LlavaMiniConfig) -> str:
 
 
 def stage_overrides(*, config_json: str, mode: str, tfds_dir: str, tokenizer: str, template: str, run_dir: str, steps: int,
-                    seed: int, lr: float, groups: int, init_from: str | None = None, progress: bool = True
-                    ) -> list[str]:
+                    seed: int, lr: float, groups: int, batch: int = BATCH, init_from: str | None = None,
+                    progress: bool = True) -> list[str]:
     """`key=value` overrides of the stage presets for the tiny CPU run."""
     o = [f"model.config_json={config_json}", f"model.mode={mode}", f"model.init_seed={seed}", "model.compute_dtype=float32",
          "model.remat_policy=none", "model.overrides={prefusion_layers: 1, compressor_size: 1}", "data.source=tfds", f"data.data_path=[{tfds_dir}]",
          f"data.tokenizer_path={tokenizer}", f"data.template={template}", "data.max_length=192",
          "data.group_by_modality_length=false", "data.read_threads=2", f"data.seed={seed}",
          "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "mesh.devices=1",
-         f"train.global_batch_size={BATCH}", f"train.max_steps={steps}", f"train.seed={seed}",
+         f"train.global_batch_size={batch}", f"train.max_steps={steps}", f"train.seed={seed}",
          f"checkpoint.dir={run_dir}", f"checkpoint.every_steps={steps}", "checkpoint.keep=1",
          f"logging.progress_bar={'true' if progress else 'false'}", "logging.level=WARNING"]
     o += [f"optimizer.groups.{i}.lr={lr}" for i in range(groups)]
