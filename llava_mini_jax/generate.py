@@ -70,12 +70,37 @@ def next_token(logits: jnp.ndarray, rng, temperature: float, top_k: Optional[int
 
 
 # -- compiled pieces (cached per model) ---------------------------------------------------------------
+def chunked_prefill(model: LlavaMini, params, embeds, mask, cache, chunk: int):
+    """The LLM prefill in chunks of `chunk` tokens (a `lax.scan` filling the KV cache), so attention
+    holds `chunk x S` scores instead of `S x S`: long videos fit. Same numbers as one pass. The cache
+    needs `ceil(T / chunk) * chunk` slots at least. Returns `(logits at each row's last token [B, V], cache)`."""
+    b, t, d = embeds.shape
+    n = -(-t // chunk)
+    size = cache["k"].shape[2]
+    if n * chunk > size:
+        raise ValueError(f"chunked prefill needs {n * chunk} cache slots, the cache has {size}")
+    key_valid = jnp.zeros((b, size), bool).at[:, :t].set(mask)
+    pieces = jnp.pad(embeds, [(0, 0), (0, n * chunk - t), (0, 0)]).reshape(b, n, chunk, d).swapaxes(0, 1)
+
+    def body(cache, xs):
+        piece, i = xs
+        h, cache = model.apply({"params": params}, piece, key_valid, cache, i * chunk, method="prefill_chunk")
+        return cache, h
+
+    cache, hidden = jax.lax.scan(body, cache, (pieces, jnp.arange(n, dtype=jnp.int32)))
+    hidden = hidden.swapaxes(0, 1).reshape(b, n * chunk, d)[:, :t]
+    return model.apply({"params": params}, hidden, mask, method="last_token_logits"), cache
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled(model: LlavaMini, temperature: float, top_k: Optional[int], top_p: Optional[float]):
-    def prefill(params, input_ids, attention_mask, images, rng, cache_size):
+    def prefill(params, input_ids, attention_mask, images, rng, cache_size, chunk):
         embeds, mask, _ = model.apply({"params": params}, input_ids, attention_mask, images, method="splice_inputs")
         cache = init_kv_cache(model.config, mask.shape[0], cache_size, model.dtype)
-        logits, cache = model.apply({"params": params}, embeds, mask, cache, method="prefill")
+        if chunk is None or mask.shape[1] <= chunk:
+            logits, cache = model.apply({"params": params}, embeds, mask, cache, method="prefill")
+        else:
+            logits, cache = chunked_prefill(model, params, embeds, mask, cache, chunk)
         token = next_token(logits, jax.random.fold_in(rng, 0), temperature, top_k, top_p)
         return token, mask.sum(axis=1).astype(jnp.int32), cache
 
@@ -83,7 +108,7 @@ def _compiled(model: LlavaMini, temperature: float, top_k: Optional[int], top_p:
         logits, cache = model.apply({"params": params}, token, index, cache, method="decode_step")
         return next_token(logits, jax.random.fold_in(rng, t), temperature, top_k, top_p), cache
 
-    return (jax.jit(prefill, static_argnames=("cache_size",)),
+    return (jax.jit(prefill, static_argnames=("cache_size", "chunk")),
             jax.jit(step, donate_argnums=(3,)))
 
 
@@ -102,7 +127,7 @@ def _pad_columns(a: np.ndarray, width: int, value) -> np.ndarray:
 def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=None, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
              eos_token_ids: Optional[Sequence[int]] = None, pad_token_id: Optional[int] = None, rng=None,
-             stream: Optional[Callable[[np.ndarray], None]] = None) -> np.ndarray:
+             stream: Optional[Callable[[np.ndarray], None]] = None, prefill_chunk: Optional[int] = 2048) -> np.ndarray:
     """Generates `[B, max_new_tokens]` int32 new tokens (prompt not included).
 
     - `input_ids [B, L]` right-padded (at most one -200 per row), `attention_mask [B, L]` (default:
@@ -113,6 +138,8 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
       generation config (`model.config.eos_token_ids`). `pad_token_id` None -> config's, else 0.
     - `rng`: a `jax.random` key or an int seed (same seed, same samples).
     - `stream(tokens)`: called after every step with that step's `[B]` tokens (numpy).
+    - `prefill_chunk`: spliced prompts longer than this prefill in chunks (attention memory `chunk
+      x S` instead of `S x S`, e.g. for thousands of video frames); None: always one pass.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
@@ -138,12 +165,14 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
     tokens_per_row = 0 if images is None else _vision_tokens(cfg, images)
     prompt_len = width if images is None else spliced_length(width, tokens_per_row, cfg.max_length)
     cache_size = prompt_len + max_new_tokens
+    if prefill_chunk is not None and prompt_len > prefill_chunk:
+        cache_size = max(cache_size, -(-prompt_len // prefill_chunk) * prefill_chunk)
 
     prefill, step = _compiled(model, float(temperature), top_k, top_p)
     key = _as_key(rng)
     token, lengths, cache = prefill(params, jnp.asarray(ids), jnp.asarray(mask),
                                     None if images is None else jnp.asarray(images, jnp.float32), key,
-                                    cache_size=cache_size)
+                                    cache_size=cache_size, chunk=prefill_chunk)
     out = np.full((b, max_new_tokens), pad_token_id, np.int32)
     done = np.zeros(b, bool)
     eos_arr = np.asarray(eos, np.int32)

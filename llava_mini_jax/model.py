@@ -253,6 +253,23 @@ class LlavaMini(nn.Module):
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
         return self.llm.logits(h_last)[:, 0], cache
 
+    def prefill_chunk(self, embeds, key_valid, cache, start):
+        """One chunk of a long prefill: embeds `[B, c, D]` at positions/slots `start..start+c-1`,
+        attending every earlier slot that `key_valid [B, S]` marks real. Returns `(hidden states
+        [B, c, D] before the final norm, cache)`; attention memory is `c x S`, not `S x S`."""
+        b, c = embeds.shape[:2]
+        size = cache["k"].shape[2]
+        positions = start + jnp.arange(c, dtype=jnp.int32)
+        allowed = jnp.arange(size)[None, :] <= positions[:, None]
+        mask = (allowed[None] & key_valid[:, None, :])[:, None]
+        index = jnp.full((b,), start, jnp.int32)
+        return self.llm.decoder(embeds, jnp.broadcast_to(positions, (b, c)), mask, cache, index)
+
+    def last_token_logits(self, hidden, mask):
+        """Final norm + LM head at each row's last real token: hidden `[B, T, D]`, mask `[B, T]` -> `[B, V]`."""
+        last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+        return self.llm.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
+
     def decode_step(self, tokens, index, cache):
         """One token per row: tokens `[B]` enter as raw embeddings (SPEC A §12) at position/cache
         slot `index [B]` (each row's own length). Returns `(logits [B, V], cache)`."""
