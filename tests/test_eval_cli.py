@@ -64,3 +64,15 @@ def test_eval_cli_end_to_end(bench, ckpt, tmp_path, capsys):
     assert b.title in out.read_text() and "Paper" in out.read_text()
     if not b.is_server_scored(split) and not b.judged:
         assert row["ours"] is not None and 0 <= float(row["ours"]) <= (2800 if bench == "mme" else 100)
+
+
+def test_public_evaluate_equals_the_cli(ckpt, tmp_path, capsys):
+    """`llava_mini_jax.evaluate(bench, model_dir, data_dir)` gives the CLI's row."""
+    import llava_mini_jax
+    data = synth.pope(tmp_path / "a")
+    row = llava_mini_jax.evaluate("pope", str(ckpt), data, batch_size=2, max_new_tokens=3, progress=False)
+    data2 = synth.pope(tmp_path / "b")
+    assert cli_main(["eval", "pope", "--model", str(ckpt), "--data", str(data2), "--batch-size", "2",
+                     "--max-new-tokens", "3"]) == 0
+    cli_row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["ours"] == cli_row["ours"] and row["count"] == cli_row["count"] and row["metric"] == "f1"
