@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from llava_mini_jax.config import IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig, LlavaMiniConfig, RopeScaling
+from llava_mini_jax.config import IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig, LlavaMiniConfig
 from llava_mini_jax.loading import abstract_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

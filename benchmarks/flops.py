@@ -40,7 +40,7 @@ from common import (PAPER_TFLOPS, Variant, abstract_param_tree, default_out, emi
 from llava_mini_jax.flops import decode_flops as analytic_decode_flops  # noqa: E402
 from llava_mini_jax.flops import llama_layer_flops  # noqa: E402
 from llava_mini_jax.flops import request_flops as analytic_request_flops  # noqa: E402
-from llava_mini_jax.config import LlamaConfig, LlavaMiniConfig, projector_layers  # noqa: E402
+from llava_mini_jax.config import LlavaMiniConfig  # noqa: E402
 from llava_mini_jax.generate import init_kv_cache  # noqa: E402
 from llava_mini_jax.model import LlavaMini  # noqa: E402
 from llava_mini_jax.prefusion import prefusion_attention, prefusion_positions  # noqa: E402
