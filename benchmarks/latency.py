@@ -30,7 +30,8 @@ import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the torch side shares the device
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # appended: benchmarks/convert.py must not
+    sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # shadow the `convert` package
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

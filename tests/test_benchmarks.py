@@ -21,7 +21,7 @@ TOL = 1e-4
 def bench(name: str):
     """A benchmark script imported as a module (its helpers import `common` from benchmarks/)."""
     if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
+        sys.path.append(str(BENCHMARKS))  # last: benchmarks/convert.py must not shadow the `convert` package
     return importlib.import_module(name)
 
 
