@@ -1,70 +1,49 @@
 """Multiple-choice scoring: ScienceQA, SEED-Bench, MMBench (circular), MVBench, MLVU, EgoSchema.
 
-How a letter is read from an answer differs per benchmark, as in each reference scorer:
+Each benchmark reads the chosen option as its official scorer does (`answer_parsing`):
 
-* ScienceQA (`eval_science_qa.py`): the answer is exactly a letter A-E; or starts with "X. ";
-  or contains exactly one match of the regex `The answer is ([A-Z]).` (whose '.' needs one more
-  character after the letter). A letter beyond the question's choices is wrong.
+* ScienceQA (`eval_science_qa.py`): `sqa_letter`; a letter beyond the question's choices is wrong.
 * SEED-Bench (`convert_seed_for_submission.py`): the answer text must equal the letter exactly.
-* MMBench (the rule-based step of the official evaluator, without its GPT fallback): after
-  replacing `.()[],:;!*#{}` by spaces, exactly one option letter appears as a word; otherwise
-  exactly one option's text appears (case-insensitively) in the answer.
-* MVBench, MLVU, EgoSchema: the answer's first character (after an opening parenthesis) is an
-  option letter not followed by another letter; otherwise the MMBench rule.
+* MMBench (VLMEvalKit's rule-based matcher under its exact-matching policy, no GPT fallback):
+  `vlmevalkit_letter`; refusals and a lone 'Z' are no answer.
+* MVBench, MLVU (the reference's `check_ans`): `check_ans_letter` must equal the right letter.
+* EgoSchema (the reference's `first_char_as_answer`): the first of A-E anywhere in the answer.
 
-MMBench circular evaluation: a question is asked once per rotation of its options (rows whose
-index differs by multiples of 1,000,000, the convention of MMBench's files); it counts as right
-only when every rotation is answered right.
+`parsing="lenient"` reads MMBench with `infer_letter` and the video benchmarks with
+`leading_letter` (ScienceQA and SEED keep their rule): a more forgiving number, reported beside the
+official one, never as it.
+
+MMBench circular evaluation (VLMEvalKit's): rows whose index differs by multiples of 1,000,000 are
+rotations of one question (the convention of MMBench's files); a question counts as right only when
+every rotation is, and only questions whose original row (index < 1,000,000) was asked count.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 from llava_mini_jax.eval import xlsx
+from llava_mini_jax.eval.answer_parsing import (
+    check_ans_letter,
+    first_letter_a_to_e,
+    infer_letter,
+    leading_letter,
+    sqa_letter,
+    vlmevalkit_letter,
+)
 from llava_mini_jax.eval.item import EvalItem, Key
+from llava_mini_jax.eval.prompts import LETTERS, option_lines
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 CIRCULAR_STRIDE = 1_000_000
-_SQA_LETTERS = ("A", "B", "C", "D", "E")
-_SQA_PATTERN = re.compile(r"The answer is ([A-Z]).")
-_SEPARATORS = ".()[],:;!*#{}"
+PARSINGS = ("official", "lenient")
 
 
-def sqa_letter(text: str) -> Optional[str]:
-    """The option letter ScienceQA's scorer reads from an answer, or None."""
-    if text in _SQA_LETTERS:
-        return text
-    if len(text) >= 3 and text[0] in _SQA_LETTERS and text[1:3] == ". ":
-        return text[0]
-    found = _SQA_PATTERN.findall(text)
-    return found[0] if len(found) == 1 else None
-
-
-def infer_letter(text: str, options: Mapping[str, str]) -> Optional[str]:
-    """MMBench's rule-based letter: a lone option letter word, else a lone option text; or None."""
-    cleaned = text
-    for ch in _SEPARATORS:
-        cleaned = cleaned.replace(ch, " ")
-    words = cleaned.split()
-    letters = [letter for letter in options if letter in words]
-    if len(letters) == 1:
-        return letters[0]
-    lowered = text.lower()
-    matches = [letter for letter, option in options.items() if str(option).lower() in lowered]
-    return matches[0] if len(matches) == 1 else None
-
-
-def leading_letter(text: str, options: Mapping[str, str]) -> Optional[str]:
-    """Video multiple choice: a leading option letter ('B', '(B) dog', 'B.'), else `infer_letter`."""
-    stripped = text.strip().lstrip("(").lstrip()
-    if stripped and stripped[0] in options and (len(stripped) == 1 or not stripped[1].isalpha()):
-        return stripped[0]
-    return infer_letter(text, options)
+def _check_parsing(parsing: str) -> None:
+    if parsing not in PARSINGS:
+        raise ValueError(f"answer parsing {parsing!r}: expected one of {PARSINGS}")
 
 
 def _percent(flags: Sequence[bool]) -> float:
@@ -78,15 +57,16 @@ def _grouped(items, correct, field: str) -> Dict[str, float]:
     return {name: _percent(flags) for name, flags in sorted(groups.items())}
 
 
-def score_sqa(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, object]:
+def score_sqa(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
     """ScienceQA accuracy overall and on questions with an image (`img_accuracy`, the paper's).
 
-    meta: `answer` (index of the right choice), `num_choices`.
+    meta: `answer` (index of the right choice), `num_choices`. One rule for both parsings.
     """
+    _check_parsing(parsing)
     correct = []
     for item in items:
         letter = sqa_letter(answers.get(item.key, "FAILED"))
-        index = _SQA_LETTERS.index(letter) if letter and letter in _SQA_LETTERS else -1
+        index = "ABCDE".index(letter) if letter and letter in "ABCDE" else -1
         correct.append(index < item.meta["num_choices"] and index == item.meta["answer"])
     with_image = [ok for item, ok in zip(items, correct) if item.image is not None]
     return {
@@ -97,11 +77,13 @@ def score_sqa(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str
     }
 
 
-def score_seed(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, object]:
+def score_seed(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
     """SEED-Bench accuracy overall, for image and video-frame questions, and per dimension.
 
     meta: `answer` (letter), `data_type` ('image' or 'video'), `dimension` (question type name).
+    One rule for both parsings.
     """
+    _check_parsing(parsing)
     correct = [answers.get(item.key, "") == item.meta["answer"] for item in items]
     by_type = _grouped(items, correct, "data_type")
     return {
@@ -113,25 +95,31 @@ def score_seed(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[st
     }
 
 
-def score_mmbench(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, object]:
+def mmbench_letter(text: str, options: Mapping[str, str], parsing: str = "official") -> Optional[str]:
+    """The letter MMBench reads (`vlmevalkit_letter`; lenient: `infer_letter`)."""
+    _check_parsing(parsing)
+    return vlmevalkit_letter(text, options) if parsing == "official" else infer_letter(text, options)
+
+
+def score_mmbench(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
     """MMBench circular accuracy (the official metric), single-pass accuracy and per category.
 
     meta: `index` (row index), `answer` (letter), `options` (letter -> text), `category`.
+    Rotations whose original row (index < 1,000,000) is not among `items` are left out.
     """
     groups: Dict[int, list] = {}
-    category: Dict[int, str] = {}
-    single = []
+    main: Dict[int, tuple] = {}  # group -> (category, original row answered right)
     for item in items:
-        ok = infer_letter(answers.get(item.key, ""), item.meta["options"]) == item.meta["answer"]
+        ok = mmbench_letter(answers.get(item.key, ""), item.meta["options"], parsing) == item.meta["answer"]
         group = item.meta["index"] % CIRCULAR_STRIDE
         groups.setdefault(group, []).append(ok)
-        category.setdefault(group, item.meta["category"])
         if item.meta["index"] < CIRCULAR_STRIDE:
-            single.append(ok)
-    circular = {g: all(flags) for g, flags in groups.items()}
+            main[group] = (item.meta["category"], ok)
+    circular = {g: all(groups[g]) for g in main}
+    single = [ok for _, ok in main.values()]
     per_category: Dict[str, list] = {}
     for g, ok in circular.items():
-        per_category.setdefault(category[g], []).append(ok)
+        per_category.setdefault(main[g][0], []).append(ok)
     return {
         "circular_accuracy": _percent(list(circular.values())),
         "single_accuracy": _percent(single),
@@ -141,15 +129,27 @@ def score_mmbench(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict
     }
 
 
-def score_choice(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, object]:
-    """Video multiple choice: accuracy over all questions, per task, and the mean over tasks.
+def choice_correct(text: str, item: EvalItem, rule: str, parsing: str = "official") -> bool:
+    """Whether a video multiple-choice answer is credited: `rule` 'check_ans' (MVBench, MLVU) or
+    'first_letter' (EgoSchema) when `parsing` is 'official', `leading_letter` when 'lenient'."""
+    _check_parsing(parsing)
+    if parsing == "lenient":
+        return leading_letter(text, item.meta["options"]) == item.meta["answer"]
+    if rule == "check_ans":
+        return check_ans_letter(text) == item.meta["answer"]
+    if rule == "first_letter":
+        return first_letter_a_to_e(text) == item.meta["answer"]
+    raise ValueError(f"multiple-choice rule {rule!r}: expected 'check_ans' or 'first_letter'")
 
-    meta: `answer` (letter), `options` (letter -> text), `task`.
+
+def score_choice(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official", rule: str = "check_ans"
+) -> Dict[str, object]:
+    """Video multiple choice: accuracy per task, their mean (the reference's 'Avg') and overall.
+
+    meta: `answer` (letter), `options` (letter -> text), `task`. A missing answer is wrong.
     """
-    correct = [
-        leading_letter(answers.get(item.key, ""), item.meta["options"]) == item.meta["answer"]
-        for item in items
-    ]
+    correct = [choice_correct(answers.get(item.key, ""), item, rule, parsing) for item in items]
     tasks = _grouped(items, correct, "task")
     return {
         "accuracy": _percent(correct),
@@ -191,22 +191,14 @@ def write_seed_submission(items: Sequence[EvalItem], answers: Mapping[Key, str],
 
 
 def write_egoschema_submission(items: Sequence[EvalItem], answers: Mapping[Key, str], path: Path) -> Path:
-    """EgoSchema's Kaggle upload: csv `q_uid,answer` with the option index (-1 when unreadable)."""
+    """EgoSchema's Kaggle upload: csv `q_uid,answer`, the option index of the answer's first letter
+    A-E (the reference's reading), -1 when it has none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["q_uid", "answer"])
         for item in items:
-            letter = leading_letter(answers.get(item.key, ""), item.meta["options"])
+            letter = first_letter_a_to_e(answers.get(item.key, ""))
             writer.writerow([item.question_id, LETTERS.index(letter) if letter else -1])
     return path
-
-
-def option_lines(options: Sequence[str], style: str) -> List[str]:
-    """Option lines 'A. text' (style 'dot') or '(A) text' (style 'paren')."""
-    if style == "dot":
-        return [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)]
-    if style == "paren":
-        return [f"({LETTERS[i]}) {text}" for i, text in enumerate(options)]
-    raise ValueError(f"option style {style!r}: expected 'dot' or 'paren'")
