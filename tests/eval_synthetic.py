@@ -87,7 +87,17 @@ def vqav2(root: Path) -> Path:
     )
     write_json(
         d / "v2_mscoco_val2014_annotations.json",
-        {"annotations": [{"question_id": 10, "answers": [{"answer": "2"}] * 2 + [{"answer": "3"}] * 8}]},
+        {
+            "annotations": [
+                {
+                    "question_id": 10,
+                    "answers": [
+                        {"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                        for k, a in enumerate(["2"] * 2 + ["3"] * 8)
+                    ],
+                }
+            ]
+        },
     )
     touch(d / "val2014" / "COCO_val2014_000000000042.jpg", png_bytes())
     return d

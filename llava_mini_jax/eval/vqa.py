@@ -12,6 +12,10 @@ scoring (TextVQA) and before writing server submissions (VQAv2, VizWiz):
 4. words: number words 'none', 'zero'..'ten' become digits, articles 'a', 'an', 'the' are
    dropped, apostrophe-less contractions ('dont') get their apostrophe back ('don't').
 
+`strip_punctuation` and `normalize_words` are shared with the official VQAv2 and VizWiz evaluators'
+processing (`vqa_official`, which scores those two benchmarks); `score` is TextVQA's scorer
+(`m4c_evaluator.py`: EvalAI processing of the prediction and of every human answer).
+
 `vqa_accuracy` is the standard soft score: for each of the n human answers, the fraction
 min(1, #other humans giving the prediction / 3), averaged over the n leave-one-out subsets
 (with 10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1).
@@ -94,13 +98,18 @@ youd've you'd've|you'dve you'd've|youll you'll|youre you're|youve you've
 """
 CONTRACTIONS = dict(pair.split(" ") for pair in re.split(r"[|\n]", _CONTRACTION_PAIRS) if pair.strip())
 
-_DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
+# EvalAI's digit-comma-digit test (one or more commas); the official VQA/VizWiz evaluators' is
+# exactly one comma between two digits.
+EVALAI_DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 _MAX_PERIODS_REMOVED = 32  # re.UNICODE passed as `count` in the reference
 
 
-def _strip_punctuation(text: str) -> str:
-    has_number_group = _DIGIT_COMMA_DIGIT.search(text) is not None
+def strip_punctuation(text: str, digit_comma_digit=EVALAI_DIGIT_COMMA_DIGIT) -> str:
+    """Steps 2-3 of the module docstring: every mark of `PUNCTUATION` deleted where it touches a
+    space in `text` (or everywhere when `text` has a digit-comma-digit group), else replaced by a
+    space; then at most 32 periods not followed by a digit deleted."""
+    has_number_group = digit_comma_digit.search(text) is not None
     out = text
     for p in PUNCTUATION:
         touches_space = (p + " ") in text or (" " + p) in text
@@ -108,17 +117,19 @@ def _strip_punctuation(text: str) -> str:
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_MAX_PERIODS_REMOVED)
 
 
-def _normalize_words(text: str) -> str:
+def normalize_words(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
+    """Step 4: lower-case, split on whitespace, number words to digits, articles dropped,
+    `contractions` applied word by word, joined with single spaces."""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
 def normalize_answer(answer: str) -> str:
     """The EvalAI/VQA normalised form of `answer` (see the module docstring for the rules)."""
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _normalize_words(_strip_punctuation(text))
+    return normalize_words(strip_punctuation(text))
 
 
 def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
@@ -135,7 +146,7 @@ def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
 
 
 def score(items: Sequence[EvalItem], answers: Mapping[Key, str]) -> Dict[str, float]:
-    """VQA accuracy (percent) over `items`, whose `meta["answers"]` are the human answers.
+    """TextVQA accuracy (percent) over `items`, whose `meta["answers"]` are the human answers.
 
     A question without an answer in `answers` scores as the empty answer.
     """
