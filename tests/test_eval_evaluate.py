@@ -86,3 +86,20 @@ def test_unknown_benchmark_and_split_are_named(tmp_path):
         evaluate("vqa3", tmp_path, None)
     with pytest.raises(ValueError, match="unknown split 'train'"):
         evaluate("gqa", tmp_path, None, split="train")
+
+
+def test_lenient_parsing_is_reported_beside_never_as_the_headline(tmp_path):
+    root = syn.mvbench(tmp_path)
+    answers = {"action_sequence/0": "Opened the door.", "action_sequence/1": "(A)", "episodic_reasoning/0": "B."}
+    out = tmp_path / "results.md"
+    row = evaluate("mvbench", root, syn.CannedModel(answers), out=out, answer_parsing="lenient", progress=False)
+    # check_ans credits only '(A)': Action Sequence 50, Episodic Reasoning 0 -> 25; lenient reads all
+    assert row["ours"] == pytest.approx(25.0) and row["lenient"] == pytest.approx(100.0)
+    assert row["metrics"]["lenient"]["tasks"] == {"Action Sequence": 100.0, "Episodic Reasoning": 100.0}
+    md = out.read_text().splitlines()
+    assert "| Ours | Lenient parsing (not comparable with the paper) |" in md[0]
+    assert md[2].startswith("| MVBench | test | task_mean | 25.0 | 100.0 | — |")
+    plain = evaluate("pope", syn.pope(tmp_path), syn.CannedModel(POPE_ANSWERS), progress=False)
+    assert plain["lenient"] is None and "lenient" not in plain["metrics"]
+    with pytest.raises(ValueError, match="'loose'"):
+        evaluate("pope", tmp_path / "pope", None, answer_parsing="loose")

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 import eval_synthetic as syn
-from llava_mini_jax.eval import evaluate, image_readers
+from llava_mini_jax.eval import evaluate, image_readers, multiple_choice, registry
 
 SHORT = syn.SHORT
 LETTER = "Answer with the option's letter from the given choices directly."
@@ -148,24 +148,43 @@ def test_scienceqa_queries_and_img_accuracy(tmp_path):
     assert row["ours"] == pytest.approx(100.0)  # the paper's SQA is on questions with an image
 
 
-def test_mmbench_rotations_circular_and_upload(tmp_path):
+def test_mmbench_rows_asked_once_as_the_reference_and_upload(tmp_path):
     root = syn.mmbench(tmp_path)
     items = image_readers.read_mmbench(root, "dev")
-    assert len(items) == 6  # 4 rotations of question 0, 2 of question 1
+    assert [i.question_id for i in items] == [0, 1]  # no --all-rounds in the reference's script
     assert items[0].query == ("A zoo photo.\nWhat animal?\nA. cat\nB. dog\nC. bird\nD. fish\n" + LETTER)
-    assert items[1].query.endswith("A. dog\nB. bird\nC. fish\nD. cat\n" + LETTER)
-    assert items[4].query == f"Is it day?\nA. yes\nB. no\n{LETTER}"  # 'nan' hint and options
-    assert [i.meta["answer"] for i in items] == ["B", "A", "D", "C", "A", "B"]
+    # the answers file records the question block without the instruction, as model_vqa_mmbench.py
+    assert items[0].prompt == "A zoo photo.\nWhat animal?\nA. cat\nB. dog\nC. bird\nD. fish"
+    assert items[1].query == f"Is it day?\nA. yes\nB. no\n{LETTER}"  # 'nan' hint and options
     assert open(items[0].image, "rb").read() == syn.png_bytes()
-    row = run(
-        "mmbench",
-        root,
-        {0: "B", 1_000_000: "A", 2_000_000: "D", 3_000_000: "The dog.", 1: "A", 1_000_001: "A"},
-    )
-    assert row["ours"] == pytest.approx(50.0)  # question 1 fails its second rotation
-    assert row["metrics"]["single_accuracy"] == pytest.approx(100.0)
+    row = run("mmbench", root, {0: "B", 1: "Cannot determine the answer"})
+    assert row["ours"] == pytest.approx(50.0)  # a refusal reads as 'Z': wrong
     with zipfile.ZipFile(row["files"]["MMBench server upload"]) as z:
         assert z.read("xl/worksheets/sheet1.xml").decode().count("<row ") == 3  # header + 2
+
+
+def test_mmbench_all_rounds_rotations_and_circular_score(tmp_path):
+    items = image_readers.read_mmbench(syn.mmbench(tmp_path), "dev", all_rounds=True)
+    assert [i.question_id for i in items] == [0, 1_000_000, 2_000_000, 3_000_000, 1, 1_000_001]
+    assert items[1].query.endswith("A. dog\nB. bird\nC. fish\nD. cat\n" + LETTER)
+    assert [i.meta["answer"] for i in items] == ["B", "A", "D", "C", "A", "B"]
+    texts = ["B", "A", "D", "The dog.", "A", "A"]  # 'The dog.': option text of C in rotation 3
+    m = multiple_choice.score_mmbench(items, {i.key: t for i, t in zip(items, texts)})
+    assert m["circular_accuracy"] == pytest.approx(50.0)  # question 1 fails its second rotation
+    assert m["single_accuracy"] == pytest.approx(100.0)
+
+
+def test_mmbench_cn_asked_in_english_as_the_reference_chinese_as_the_fix(tmp_path):
+    root = syn.mmbench(tmp_path)
+    (root / "mmbench_dev_20230712.tsv").rename(root / "mmbench_dev_cn_20231003.tsv")
+    bench = registry.get("mmbench_cn")
+    [reference, _] = bench.reader()(root, "dev")
+    [fixed, _] = bench.reader(fix_reference_prompts=True)(root, "dev")
+    assert reference.query.endswith("D. fish\n" + LETTER)
+    assert fixed.query.endswith("D. fish\n请直接回答选项字母。")
+    assert reference.prompt == fixed.prompt  # the recorded question block has no instruction
+    row = run("mmbench_cn", root, {0: "B", 1: "A"})
+    assert row["ours"] == pytest.approx(100.0) and "no --lang cn" in row["note"]
 
 
 def test_mmbench_file_with_circular_copies(tmp_path):

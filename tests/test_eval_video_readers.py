@@ -9,13 +9,17 @@ import eval_synthetic as syn
 from llava_mini_jax.eval import evaluate, video_readers
 
 
-def run(bench, root, answers, split=None):
-    return evaluate(bench, root, syn.CannedModel(answers), split=split, progress=False)
+def run(bench, root, answers, split=None, **kwargs):
+    return evaluate(bench, root, syn.CannedModel(answers), split=split, progress=False, **kwargs)
 
 
 def test_choice_query_layout():
     assert video_readers.choice_query("Why?", ["x", "y"]) == (
         "Question: Why?\nOptions:\n(A) x\n(B) y\nAnswer with one letter."
+    )
+    # the reference strips the whole block's trailing whitespace: only the last option loses it
+    assert video_readers.choice_query("Why? ", ["x ", "y  "]) == (
+        "Question: Why? \nOptions:\n(A) x \n(B) y\nAnswer with one letter."
     )
 
 
@@ -32,6 +36,7 @@ def test_mvbench_tasks_queries_and_scores(tmp_path):
         "Question: What did the person do first?\nOptions:\n(A) Sat down.\n"
         "(B) Opened the door.\nAnswer with one letter."
     )
+    assert first.prompt == first.query[: -len("\nAnswer with one letter.")]  # recorded as the reference
     assert first.video == str(root / "video" / "star" / "Charades_v1_480" / "A1.mp4")
     assert first.image is None
     assert (first.meta["answer"], first.meta["bound"], first.meta["max_frames"]) == ("B", (1.5, 8.0), 1000)
@@ -44,9 +49,14 @@ def test_mvbench_tasks_queries_and_scores(tmp_path):
             "action_sequence/1": "B",
             "episodic_reasoning/0": "Bob",
         },
+        answer_parsing="lenient",
     )
-    assert row["metrics"]["tasks"] == {"action_sequence": 50.0, "episodic_reasoning": 100.0}
-    assert row["ours"] == pytest.approx(200 / 3)
+    # check_ans: '(B) ...' is B (right); 'B' for an 'A' question is wrong; the option text 'Bob'
+    # alone reads nothing. The headline is the reference's 'Avg', the mean over its task names.
+    assert row["metrics"]["tasks"] == {"Action Sequence": 50.0, "Episodic Reasoning": 0.0}
+    assert row["ours"] == pytest.approx(25.0) and row["metric"] == "task_mean"
+    assert row["metrics"]["accuracy"] == pytest.approx(100 / 3)
+    assert row["lenient"] == pytest.approx(75.0)  # lenient: 'Bob' is option B
 
 
 def test_mvbench_answer_must_be_a_candidate(tmp_path):
@@ -62,8 +72,9 @@ def test_mvbench_answer_must_be_a_candidate(tmp_path):
 def test_mlvu_multiple_choice_tasks_and_mean(tmp_path):
     root = syn.mlvu(tmp_path)
     items = video_readers.read_mlvu(root, "dev")
-    assert [i.question_id for i in items] == ["1_plotQA/0", "1_plotQA/1", "4_count/0"]
-    assert items[1].video == str(root / "video" / "1_plotQA" / "movie2.mp4")
+    # the reference's task files in its order (count first); generation tasks are not read
+    assert [i.question_id for i in items] == ["4_count/0", "1_plotQA/0", "1_plotQA/1"]
+    assert items[2].video == str(root / "video" / "1_plotQA" / "movie2.mp4")
     row = run("mlvu", root, {"1_plotQA/0": "A", "1_plotQA/1": "(D)", "4_count/0": "C"})
     assert row["metrics"]["tasks"] == {"count": 100.0, "plotQA": 50.0}
     assert row["ours"] == pytest.approx(75.0)  # M-Avg: mean over tasks
@@ -74,10 +85,16 @@ def test_egoschema_subset_score_and_full_submission(tmp_path):
     root = syn.egoschema(tmp_path)
     items = video_readers.read_egoschema(root, "subset")
     assert [i.question_id for i in items] == ["uid0", "uid1"]
-    assert items[0].query.endswith(
-        "(E) option text 4\nAnswer with the option's letter from the given choices directly."
+    assert items[0].query == (
+        "You are a helpful expert in first person view video analysis. Please provide a "
+        "single-letter answer (A, B, C, D, E) to the following multiple-choice question based on "
+        "this video.\nWhat is C doing in clip 0?\nChoices:\nA: option text 0\nB: option text 1\n"
+        "C: option text 2\nD: option text 3\nE: option text 4\n\nAnswer with one letter."
     )
     assert run("egoschema", root, {"uid0": "D", "uid1": "B"})["ours"] == pytest.approx(50.0)
+    # the first of A-E anywhere: 'I think D' reads D (right); 'Because A' reads B (wrong)
+    row = run("egoschema", root, {"uid0": "I think D", "uid1": "Because A"}, work_dir=tmp_path / "w")
+    assert row["ours"] == pytest.approx(50.0) and "vicuna_v1" in row["note"]
     row = run("egoschema", root, {"uid0": "D", "uid1": "B", "uid2": "no idea"}, split="full")
     assert row["ours"] is None and "server-scored" in row["note"]
     with open(row["files"]["Kaggle upload"]) as f:
@@ -88,7 +105,9 @@ def test_msvd_qa_judge_file_and_proxy(tmp_path):
     root = syn.msvd_qa(tmp_path)
     items = video_readers.read_video_qa(root, "test")
     assert items[0].video == str(root / "videos" / "vid1.avi")  # extension found
-    assert items[0].query == "what is a man doing?"
+    assert items[0].query.startswith("Answer the question based on the video.")
+    assert items[0].query.endswith("Answer the question with one complete sentence:\nwhat is a man doing?")
+    assert items[0].prompt == "what is a man doing?"
     row = run("msvd_qa", root, {"v1_0": "play", "v2_0": "A woman is cooking."})
     assert row["ours"] is None and row["proxy"] == pytest.approx(100.0)
     assert row["metrics"]["proxy_exact"] == pytest.approx(50.0)

@@ -17,12 +17,15 @@ from typing import Dict, List, Optional, Tuple
 
 from llava_mini_jax.eval import files
 from llava_mini_jax.eval.item import EvalItem
-from llava_mini_jax.eval.multiple_choice import CIRCULAR_STRIDE, LETTERS, option_lines
-
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-OPTION_LETTER = "Answer with the option's letter from the given choices directly."
-OPTION_LETTER_CN = "请直接回答选项字母。"
-VIZWIZ_UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+from llava_mini_jax.eval.multiple_choice import CIRCULAR_STRIDE
+from llava_mini_jax.eval.prompts import (
+    LETTERS,
+    OPTION_LETTER,
+    SHORT_ANSWER,
+    VIZWIZ_UNANSWERABLE,
+    mmbench_query,
+    mmbench_question,
+)
 
 
 def _check_split(benchmark: str, split: str, known) -> None:
@@ -55,7 +58,9 @@ def read_vqav2(root: Path, split: str) -> List[EvalItem]:
     """VQAv2. 'test-dev': `llava_vqav2_mscoco_test-dev2015.jsonl` + `test2015/` (server-scored).
 
     'val': the official `v2_OpenEnded_mscoco_val2014_questions.json`,
-    `v2_mscoco_val2014_annotations.json` and `val2014/` images, asked with the short-answer suffix.
+    `v2_mscoco_val2014_annotations.json` and `val2014/` images, asked with the short-answer suffix;
+    meta `answer_records` keeps each question's answer dicts whole (the official evaluator's
+    leave-one-out compares whole records).
     """
     root = Path(root)
     _check_split("vqav2", split, ("test-dev", "val"))
@@ -69,16 +74,19 @@ def read_vqav2(root: Path, split: str) -> List[EvalItem]:
     annotations = files.read_json(root / "v2_mscoco_val2014_annotations.json", "VQAv2 val annotations")[
         "annotations"
     ]
-    humans = {a["question_id"]: [h["answer"] for h in a["answers"]] for a in annotations}
-    items = [
-        EvalItem(
-            q["question_id"],
-            f"{q['question']}\n{SHORT_ANSWER}",
-            image=str(root / "val2014" / f"COCO_val2014_{q['image_id']:012d}.jpg"),
-            meta={"answers": humans[q["question_id"]]},
+    records = {a["question_id"]: a["answers"] for a in annotations}
+    items = []
+    for q in questions:
+        if q["question_id"] not in records:
+            raise ValueError(f"VQAv2 val question {q['question_id']!r} has no entry in the annotations")
+        items.append(
+            EvalItem(
+                q["question_id"],
+                f"{q['question']}\n{SHORT_ANSWER}",
+                image=str(root / "val2014" / f"COCO_val2014_{q['image_id']:012d}.jpg"),
+                meta={"answer_records": records[q["question_id"]]},
+            )
         )
-        for q in questions
-    ]
     files.require_images((item.image for item in items), "VQAv2 val images")
     return items
 
@@ -368,27 +376,25 @@ def _decode_image(b64: str, cache: Path, index: int) -> str:
     return str(path)
 
 
-def mmbench_query(question: str, hint: Optional[str], options: List[str], lang: str) -> str:
-    """The reference's MMBench query: hint, question, 'A. option' lines, letter instruction."""
-    text = question if _is_na(hint) else f"{hint}\n{question}"
-    suffix = OPTION_LETTER_CN if lang == "cn" else OPTION_LETTER
-    return "\n".join([text] + option_lines(options, "dot") + [suffix])
-
-
-def read_mmbench(root: Path, split: str, benchmark: str = "mmbench") -> List[EvalItem]:
+def read_mmbench(
+    root: Path, split: str, benchmark: str = "mmbench", lang: str = "en", all_rounds: bool = False
+) -> List[EvalItem]:
     """MMBench (`mmbench_dev_20230712.tsv`, ...): one tsv of questions with base64 images.
 
-    Images are decoded once into `images_cache/<tsv name>/`. Files that already hold the circular
-    copies (index + k * 1,000,000) are asked as they are; otherwise each question is also asked
-    with its options rotated once per option, the rotations numbered the same way.
+    Every row is asked once, as the reference's scripts do (LLaVA's dev/test files already hold
+    the circular copies as rows `index + k * 1,000,000`). `lang`: the instruction's language; the
+    reference's MMBench-CN script passes no `--lang cn`, so 'en' is its default for both files.
+    `all_rounds` (the reference's `--all-rounds`, which its scripts do not pass): each row is
+    also asked with its options rotated, rotation k numbered `index + k * 1,000,000`.
+    The answers file records the question block without the instruction, as the reference does,
+    so answers files written by its `model_vqa_mmbench.py` can be scored here. Images are decoded
+    once into `images_cache/<tsv name>/`.
     """
     root = Path(root)
     _check_split(benchmark, split, ("dev", "test"))
     tsv = root / _MMBENCH_FILES[(benchmark, split)]
     rows = files.read_tsv(tsv, f"{benchmark} {split} questions")
-    lang = "cn" if benchmark.endswith("_cn") else "en"
     cache = root / "images_cache" / tsv.stem
-    has_copies = any(int(r["index"]) >= CIRCULAR_STRIDE for r in rows)
     images: Dict[int, str] = {}
     items = []
     for number, row in enumerate(rows, start=2):
@@ -408,9 +414,9 @@ def read_mmbench(root: Path, split: str, benchmark: str = "mmbench") -> List[Eva
                 break
             options.append(row[letter])
         answer = None if _is_na(row.get("answer")) else row["answer"]
+        hint = None if _is_na(row.get("hint")) else row["hint"]
         submission_row = {k: ("" if _is_na(v) else v) for k, v in row.items() if k not in _MMBENCH_DROPPED}
-        rotations = 1 if has_copies else len(options)
-        for r in range(rotations):
+        for r in range(len(options) if all_rounds else 1):
             rotated = options[r:] + options[:r]
             meta = {
                 "index": index + r * CIRCULAR_STRIDE,
@@ -423,21 +429,24 @@ def read_mmbench(root: Path, split: str, benchmark: str = "mmbench") -> List[Eva
             items.append(
                 EvalItem(
                     index + r * CIRCULAR_STRIDE,
-                    mmbench_query(row["question"], row.get("hint"), rotated, lang),
+                    mmbench_query(row["question"], hint, rotated, lang),
                     image=image,
                     meta=meta,
+                    answer_prompt=mmbench_question(row["question"], hint, rotated),
                 )
             )
     return items
 
 
 def read_seed(root: Path, split: str) -> List[EvalItem]:
-    """SEED-Bench: `llava-seed-bench.jsonl` (image paths relative to the folder, e.g.
-    `SEED-Bench-image/...` and the middle frames `SEED-Bench-video-image/...`) and `SEED-Bench.json`."""
+    """SEED-Bench: `llava-seed-bench.jsonl` (image paths such as `SEED-Bench-image/...` and the
+    middle frames `SEED-Bench-video-image/...`) and `SEED-Bench.json`, either directly in the
+    folder (LLaVA-v1.5's layout) or in its `SEED-Bench/` subfolder (LLaVA-Mini's seed.sh)."""
     root = Path(root)
     _check_split("seed", split, ("test",))
-    items = llava_questions(root / "llava-seed-bench.jsonl", root, "SEED-Bench questions")
-    data = files.read_json(root / "SEED-Bench.json", "SEED-Bench annotations")
+    base = root / "SEED-Bench" if (root / "SEED-Bench" / "SEED-Bench.json").is_file() else root
+    items = llava_questions(root / "llava-seed-bench.jsonl", base, "SEED-Bench questions")
+    data = files.read_json(base / "SEED-Bench.json", "SEED-Bench annotations")
     dimension = {type_id: name for name, type_id in data["question_type"].items()}
     truth = {str(q["question_id"]): q for q in data["questions"]}
     out = []

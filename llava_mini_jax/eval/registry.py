@@ -5,7 +5,9 @@ released LLaVA-Mini checkpoint (Llama-3.1-8B) in the paper's image table; they a
 the metric named `headline` of the split named `paper_split`.
 
 Three kinds of split:
-* scored here with the reference's (or the official) rule;
+* scored here with the reference's (or the official) rule, answer by answer (SPEC D17); the
+  benchmarks with `lenient=True` also have a more forgiving reading of answers
+  (`parsing="lenient"`), reported beside the official number, never as it;
 * server-scored (`server_splits`): only the submission file is written, there is no local score;
 * GPT-judged (`judged`): the judge's input files are written and an offline proxy is computed,
   which is never reported as the official number.
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from llava_mini_jax.eval import gqa, image_readers, mme, multiple_choice, open_ended, pope
-from llava_mini_jax.eval import video_readers, vqa
+from llava_mini_jax.eval import video_readers, vqa, vqa_official
 from llava_mini_jax.eval.item import EvalItem, Key
 
 Reader = Callable[[Path, str], List[EvalItem]]
@@ -32,8 +34,13 @@ Writer = Callable[[Sequence[EvalItem], Mapping[Key, str], Path, Path, str], Dict
 class Benchmark:
     """How to read, ask, score and report one benchmark.
 
-    `max_new_tokens` is the generation budget of the reference script for it (model_vqa_loader:
-    128; model_vqa, model_vqa_science, model_vqa_mmbench: 1024), for `answer_fn` to use.
+    `max_new_tokens` is the generation budget of the reference script for it (model_vqa_loader,
+    egoschema_mc: 128; model_vqa_science, model_vqa_mmbench, mvbench_mc, mlvu_mc and the video QA
+    / Video-ChatGPT scripts: 1024), for `answer_fn` to use. `conv_mode` is the conversation
+    template the reference's script uses whatever the checkpoint (None: the checkpoint's own).
+    `reference_quirk` says what the reference's script does that looks like an omission and is
+    reproduced by default; `read_fixed` (and the checkpoint's own template instead of `conv_mode`)
+    is the sensible variant, used with `fix_reference_prompts=True`.
     """
 
     name: str
@@ -50,6 +57,10 @@ class Benchmark:
     paper: Optional[float] = None
     paper_split: Optional[str] = None
     max_new_tokens: int = 128
+    lenient: bool = False
+    conv_mode: Optional[str] = None
+    reference_quirk: str = ""
+    read_fixed: Optional[Reader] = None
 
     @property
     def default_split(self) -> str:
@@ -57,6 +68,16 @@ class Benchmark:
 
     def is_server_scored(self, split: str) -> bool:
         return split in self.server_splits
+
+    def reader(self, fix_reference_prompts: bool = False) -> Reader:
+        """The reader: the reference's prompts, or with `fix_reference_prompts` the sensible variant."""
+        return self.read_fixed if fix_reference_prompts and self.read_fixed is not None else self.read
+
+    def template(self, checkpoint_template: str, fix_reference_prompts: bool = False) -> str:
+        """The conversation template to ask with, given the checkpoint's own."""
+        if self.conv_mode is None or fix_reference_prompts:
+            return checkpoint_template
+        return self.conv_mode
 
 
 def _writer(fn, filename: str, label: str) -> Writer:
@@ -102,7 +123,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "image",
             ("test-dev", "val"),
             image_readers.read_vqav2,
-            vqa.score,
+            vqa_official.score_vqav2,
             "accuracy",
             _LLAVA_EVAL.format("vqav2") + ": test-dev: "
             "llava_vqav2_mscoco_test-dev2015.jsonl (+ llava_vqav2_mscoco_test2015.jsonl), "
@@ -110,6 +131,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "v2_mscoco_val2014_annotations.json, val2014/",
             write=_write_vqav2,
             server_splits=("test-dev",),
+            lenient=True,
             paper=79.0,
             paper_split="test-dev",
         ),
@@ -135,12 +157,13 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "image",
             ("test", "val"),
             image_readers.read_vizwiz,
-            vqa.score,
+            vqa_official.score_vizwiz,
             "accuracy",
             _LLAVA_EVAL.format("vizwiz") + ": test: llava_test.jsonl, "
             "test/; val: the official val.json and val/",
             write=_write_vizwiz,
             server_splits=("test",),
+            lenient=True,
             paper=57.4,
             paper_split="test",
         ),
@@ -213,13 +236,14 @@ BENCHMARKS: Dict[str, Benchmark] = {
             paper=71.6,
             paper_split="dev",
             max_new_tokens=1024,
+            lenient=True,
         ),
         Benchmark(
             "mmbench_cn",
             "MMBench-CN",
             "image",
             ("dev", "test"),
-            functools.partial(image_readers.read_mmbench, benchmark="mmbench_cn"),
+            functools.partial(image_readers.read_mmbench, benchmark="mmbench_cn", lang="en"),
             multiple_choice.score_mmbench,
             "circular_accuracy",
             _LLAVA_EVAL.format("mmbench") + ": mmbench_dev_cn_20231003.tsv "
@@ -229,6 +253,9 @@ BENCHMARKS: Dict[str, Benchmark] = {
             ),
             server_splits=("test",),
             max_new_tokens=1024,
+            lenient=True,
+            reference_quirk="asked with the English letter instruction (its script passes no --lang cn)",
+            read_fixed=functools.partial(image_readers.read_mmbench, benchmark="mmbench_cn", lang="cn"),
         ),
         Benchmark(
             "seed",
@@ -240,7 +267,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "accuracy",
             _LLAVA_EVAL.format("seed_bench")
             + ": llava-seed-bench.jsonl, SEED-Bench.json, SEED-Bench-image/, "
-            "SEED-Bench-video-image/ (middle frames)",
+            "SEED-Bench-video-image/ (middle frames), directly or under SEED-Bench/",
             write=_writer(
                 multiple_choice.write_seed_submission, "seed-{split}.jsonl", "SEED-Bench leaderboard upload"
             ),
@@ -260,7 +287,6 @@ BENCHMARKS: Dict[str, Benchmark] = {
             judged=True,
             paper=70.2,
             paper_split="test",
-            max_new_tokens=1024,
         ),
         Benchmark(
             "mmvet",
@@ -276,7 +302,6 @@ BENCHMARKS: Dict[str, Benchmark] = {
             judged=True,
             paper=37.2,
             paper_split="test",
-            max_new_tokens=1024,
         ),
         Benchmark(
             "mvbench",
@@ -284,9 +309,11 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "video",
             ("test",),
             video_readers.read_mvbench,
-            multiple_choice.score_choice,
-            "accuracy",
+            functools.partial(multiple_choice.score_choice, rule="check_ans"),
+            "task_mean",
             "HF OpenGVLab/MVBench: json/*.json, video/<source folders>/",
+            max_new_tokens=1024,
+            lenient=True,
         ),
         Benchmark(
             "mlvu",
@@ -294,9 +321,11 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "video",
             ("dev",),
             video_readers.read_mlvu,
-            multiple_choice.score_choice,
+            functools.partial(multiple_choice.score_choice, rule="check_ans"),
             "task_mean",
             "MLVU dev: json/<n>_<task>.json, video/<n>_<task>/",
+            max_new_tokens=1024,
+            lenient=True,
         ),
         Benchmark(
             "egoschema",
@@ -304,11 +333,15 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "video",
             ("subset", "full"),
             video_readers.read_egoschema,
-            multiple_choice.score_choice,
+            functools.partial(multiple_choice.score_choice, rule="first_letter"),
             "accuracy",
-            "EgoSchema: questions.json, subset_answers.json, good_clips_git/<q_uid>.mp4",
+            "EgoSchema: questions.json + subset_answers.json (or the reference's mc.json), "
+            "good_clips_git/<q_uid>.mp4 (or videos/)",
             write=_write_egoschema,
             server_splits=("full",),
+            lenient=True,
+            conv_mode="vicuna_v1",
+            reference_quirk="asked with vicuna_v1 whatever the checkpoint (its script passes no conversation mode)",
         ),
         Benchmark(
             "msvd_qa",
@@ -319,6 +352,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             open_ended.score_proxy,
             "proxy_contains",
             "MSVD_Zero_Shot_QA: test_q.json, test_a.json, videos/",
+            max_new_tokens=1024,
             write=_writer(open_ended.write_video_qa_predictions, "msvd_qa-{split}.json", "GPT judge input"),
             judged=True,
         ),
@@ -331,6 +365,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             open_ended.score_proxy,
             "proxy_contains",
             "MSRVTT_Zero_Shot_QA: test_q.json, test_a.json, videos/all/",
+            max_new_tokens=1024,
             write=_writer(open_ended.write_video_qa_predictions, "msrvtt_qa-{split}.json", "GPT judge input"),
             judged=True,
         ),
@@ -342,7 +377,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
             functools.partial(video_readers.read_video_qa, benchmark="activitynet_qa"),
             open_ended.score_proxy,
             "proxy_contains",
-            "ActivityNet-QA: test_q.json, test_a.json, all_test/v_<id>.mp4 (or videos/)",
+            "ActivityNet-QA: test_q.json, test_a.json, test_videos/v_<id>.mp4 (or all_test/, videos/)",
+            max_new_tokens=1024,
             write=_writer(
                 open_ended.write_video_qa_predictions, "activitynet_qa-{split}.json", "GPT judge input"
             ),
@@ -358,6 +394,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
             "proxy_contains",
             "Video-ChatGPT benchmark: Benchmarking_QA/{generic,temporal,consistency}_qa.json, "
             "Test_Videos/",
+            max_new_tokens=1024,
             write=_writer(open_ended.write_vcgbench_predictions, "vcgbench-{split}.json", "GPT judge input"),
             judged=True,
         ),

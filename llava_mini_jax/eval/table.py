@@ -2,7 +2,8 @@
 
 One row per (benchmark, split). `Ours` holds only numbers computed with the benchmark's official
 or reference rule; server-scored splits say where their upload file is, and GPT-judged benchmarks
-show their offline proxy in the separate `Offline proxy` column, never in `Ours`.
+show their offline proxy in the separate `Offline proxy` column, never in `Ours`. When a row was
+scored with `answer_parsing="lenient"` too, a `Lenient parsing` column shows that reading beside.
 
 `update(out, row)` merges a row into the table at `out` (both `<out>.md` and `<out>.json` are
 written; running several benchmarks with the same `--out` builds up one table).
@@ -17,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from llava_mini_jax.eval.registry import BENCHMARKS, PAPER_MODEL
 
 COLUMNS = ("Benchmark", "Split", "Metric", "Ours", f"Paper: {PAPER_MODEL}", "Offline proxy", "Note")
+LENIENT_COLUMN = "Lenient parsing (not comparable with the paper)"
 
 
 def table_paths(out: Path) -> Tuple[Path, Path]:
@@ -30,9 +32,9 @@ def _number(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def row_cells(row: Dict) -> List[str]:
-    """The markdown cells of one result row."""
-    return [
+def row_cells(row: Dict, lenient: bool = False) -> List[str]:
+    """The markdown cells of one result row (with the lenient-parsing cell after `Ours`)."""
+    cells = [
         row["title"],
         row["split"],
         row["metric"],
@@ -41,13 +43,20 @@ def row_cells(row: Dict) -> List[str]:
         _number(row.get("proxy")),
         row.get("note", ""),
     ]
+    if lenient:
+        cells.insert(4, _number(row.get("lenient")))
+    return cells
 
 
 def markdown(rows: Sequence[Dict]) -> str:
     """A markdown table of result rows."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lenient = any(row.get("lenient") is not None for row in rows)
+    columns = list(COLUMNS)
+    if lenient:
+        columns.insert(4, LENIENT_COLUMN)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [c.replace("|", "\\|") for c in row_cells(row)]
+        cells = [c.replace("|", "\\|") for c in row_cells(row, lenient)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = (
         "Ours: computed with the benchmark's official or reference scoring rule. "
