@@ -76,3 +76,15 @@ def test_a_file_matching_nothing_is_named(tmp_path):
         evaluate("gqa", root, None, answers_file=path)
     with pytest.raises(ValueError, match="expected JSON objects"):
         reference_answers.read_records(syn.write_json(tmp_path / "bad.json", [1, 2]))
+
+
+def test_reference_file_in_place_of_ours(tmp_path):
+    """The reference's MMBench answers copied to where ours go are scored without a model."""
+    root = syn.mmbench(tmp_path)
+    syn.write_jsonl(
+        root / "answers" / "mmbench-dev.jsonl",
+        [{"question_id": 0, "round_id": 0, "prompt": "A zoo photo.\nWhat animal?\nA. cat\nB. dog\nC. bird\nD. fish",
+          "text": "B"}, {"question_id": 1, "round_id": 0, "prompt": "Is it day?\nA. yes\nB. no", "text": "A"}],
+    )
+    assert evaluate("mmbench", root, None)["ours"] == pytest.approx(100.0)
+    assert evaluate("mmbench", syn.mmbench(tmp_path / "empty"), None)["ours"] == pytest.approx(0.0)

@@ -9,8 +9,8 @@ never needs it to be a particular model. Files, by default under `<data_dir>/ans
 
 Scores use each benchmark's official / reference rule (SPEC D17). `answer_parsing="lenient"` adds
 the forgiving reading (`row["lenient"]`, `metrics["lenient"]`) beside the headline, never in its
-place. `answers_file` scores answers written elsewhere, ours or the reference's scripts' own files
-(`reference_answers`).
+place. Without a model, the answers file (or `answers_file`) is scored, ours or one written by the
+reference's scripts (`reference_answers`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from llava_mini_jax.eval import reference_answers, registry, table
-from llava_mini_jax.eval.runner import AnswerFn, load_answers, run_benchmark
+from llava_mini_jax.eval.runner import AnswerFn, run_benchmark
 
 ANSWER_PARSINGS = ("official", "lenient")
 
@@ -61,7 +61,7 @@ def evaluate(
       bench: a name of `registry.BENCHMARKS` (e.g. 'gqa', 'pope', 'mvbench').
       data_dir: the benchmark's folder, laid out as `registry.BENCHMARKS[bench].layout` says.
       answer_fn: the model; None scores the answers already in the answers file, or in
-        `answers_file` (missing ones count as empty answers).
+        `answers_file`, in our layout or a reference script's (missing ones count as empty answers).
       out: results table path (`x.md` or `x.json`; both are written and merged with earlier rows).
       split: the split (default: the one the paper reports).
       batch_size: questions per `answer_fn` call.
@@ -73,8 +73,7 @@ def evaluate(
         computed too and reported beside it, as `row["lenient"]` and `metrics["lenient"]`).
       fix_reference_prompts: ask the sensible variant where the reference's script looks like an
         omission (MMBench-CN's Chinese instruction; the template is `make_answer_fn`'s business).
-      answers_file: with `answer_fn` None, score this file instead of the answers file: ours or
-        one written by the reference's scripts (`reference_answers.load`).
+      answers_file: with `answer_fn` None, score this file instead of the answers file.
     """
     if answer_parsing not in ANSWER_PARSINGS:
         raise ValueError(f"answer_parsing {answer_parsing!r}: expected one of {ANSWER_PARSINGS}")
@@ -88,10 +87,9 @@ def evaluate(
     if limit is not None:
         items = items[:limit]
     answers_path = work / f"{b.name}-{split}.jsonl"
-    if answer_fn is None and answers_file is not None:
-        answers = reference_answers.load(answers_file, items)
-    elif answer_fn is None:
-        answers = load_answers(answers_path)
+    if answer_fn is None:
+        scored = Path(answers_file) if answers_file is not None else answers_path
+        answers = reference_answers.load(scored, items) if answers_file is not None or scored.exists() else {}
     else:
         answers = run_benchmark(
             items, answer_fn, answers_path, batch_size=batch_size, progress=progress, model_id=model_id
