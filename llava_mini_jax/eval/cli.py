@@ -25,7 +25,8 @@ def add_parser(sub):
                    help="ask EgoSchema in the checkpoint's template and MMBench-CN with the Chinese "
                         "instruction (the reference's scripts do not)")
     p.add_argument("--answers", default=None,
-                   help="without --model: score this answers file (ours or one written by the reference's scripts)")
+                   help="without --model: score this answers file (ours, or one written by the "
+                        "reference's scripts)")
 
 
 def run(args) -> int:
@@ -39,8 +40,9 @@ def run(args) -> int:
         session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype))
         answer_fn = make_answer_fn(session, registry.get(args.bench), args.max_frames, args.max_new_tokens,
                                    args.fix_reference_prompts)
-    row = evaluate(args.bench, args.data, answer_fn, out=args.out, split=args.split, batch_size=args.batch_size,
-                   limit=args.limit, work_dir=args.work_dir, model_id=args.model or "llava-mini-jax",
+    row = evaluate(args.bench, args.data, answer_fn, out=args.out, split=args.split,
+                   batch_size=args.batch_size, limit=args.limit, work_dir=args.work_dir,
+                   model_id=args.model or "llava-mini-jax",
                    answer_parsing=args.answer_parsing, fix_reference_prompts=args.fix_reference_prompts,
                    answers_file=None if args.model else args.answers)
     print(json.dumps({k: row[k] for k in ("benchmark", "split", "metric", "ours", "lenient", "proxy", "paper",

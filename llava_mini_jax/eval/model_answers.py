@@ -52,7 +52,8 @@ def evaluate_model(bench: str, model, data_dir, split: Optional[str] = None, bat
     from llava_mini_jax.eval import registry
     from llava_mini_jax.eval.evaluate import evaluate
     session = model if isinstance(model, ChatSession) else ChatSession(model, conv_mode=conv_mode)
-    answer_fn = make_answer_fn(session, registry.get(bench), max_frames, max_new_tokens, fix_reference_prompts)
+    answer_fn = make_answer_fn(session, registry.get(bench), max_frames, max_new_tokens,
+                               fix_reference_prompts)
     return evaluate(bench, data_dir, answer_fn, out=out, split=split, batch_size=batch_size, limit=limit,
                     work_dir=work_dir, progress=progress, model_id=session.model_dir,
                     answer_parsing=answer_parsing, fix_reference_prompts=fix_reference_prompts)

@@ -57,7 +57,9 @@ def _grouped(items, correct, field: str) -> Dict[str, float]:
     return {name: _percent(flags) for name, flags in sorted(groups.items())}
 
 
-def score_sqa(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
+def score_sqa(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official"
+) -> Dict[str, object]:
     """ScienceQA accuracy overall and on questions with an image (`img_accuracy`, the paper's).
 
     meta: `answer` (index of the right choice), `num_choices`. One rule for both parsings.
@@ -77,7 +79,9 @@ def score_sqa(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: st
     }
 
 
-def score_seed(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
+def score_seed(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official"
+) -> Dict[str, object]:
     """SEED-Bench accuracy overall, for image and video-frame questions, and per dimension.
 
     meta: `answer` (letter), `data_type` ('image' or 'video'), `dimension` (question type name).
@@ -101,7 +105,9 @@ def mmbench_letter(text: str, options: Mapping[str, str], parsing: str = "offici
     return vlmevalkit_letter(text, options) if parsing == "official" else infer_letter(text, options)
 
 
-def score_mmbench(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
+def score_mmbench(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official"
+) -> Dict[str, object]:
     """MMBench circular accuracy (the official metric), single-pass accuracy and per category.
 
     meta: `index` (row index), `answer` (letter), `options` (letter -> text), `category`.

@@ -129,13 +129,15 @@ def mmbench_query(question: str, hint: Optional[str], options: Sequence[str], la
     """MMBench's user turn: the question block and the letter instruction ('cn': the Chinese one)."""
     if lang not in ("en", "cn"):
         raise ValueError(f"MMBench instruction language {lang!r}: expected 'en' or 'cn'")
-    return mmbench_question(question, hint, options) + "\n" + (OPTION_LETTER_CN if lang == "cn" else OPTION_LETTER)
+    instruction = OPTION_LETTER_CN if lang == "cn" else OPTION_LETTER
+    return mmbench_question(question, hint, options) + "\n" + instruction
 
 
 def choice_block(question: str, options: Sequence[str]) -> str:
     """MVBench/MLVU's question block ('Question:', 'Options:', '(A) ...'), trailing whitespace of the
     whole block stripped (qa_template): an option ending in spaces loses them only when last."""
-    text = f"Question: {question}\nOptions:\n" + "".join(f"{line}\n" for line in option_lines(options, "paren"))
+    lines = "".join(f"{line}\n" for line in option_lines(options, "paren"))
+    text = f"Question: {question}\nOptions:\n" + lines
     return text.rstrip()
 
 
@@ -149,5 +151,6 @@ def egoschema_query(question: str, options: Sequence[str]) -> str:
     a blank line, `ONE_LETTER`."""
     if len(options) != 5:
         raise ValueError(f"EgoSchema questions have 5 options, got {len(options)}")
-    lines = [EGOSCHEMA_INSTRUCTION, question, "Choices:"] + [f"{LETTERS[i]}: {o}" for i, o in enumerate(options)]
+    choices = [f"{LETTERS[i]}: {option}" for i, option in enumerate(options)]
+    lines = [EGOSCHEMA_INSTRUCTION, question, "Choices:"] + choices
     return "\n".join(lines) + "\n\n" + ONE_LETTER

@@ -341,7 +341,8 @@ BENCHMARKS: Dict[str, Benchmark] = {
             server_splits=("full",),
             lenient=True,
             conv_mode="vicuna_v1",
-            reference_quirk="asked with vicuna_v1 whatever the checkpoint (its script passes no conversation mode)",
+            reference_quirk="asked with vicuna_v1 whatever the checkpoint "
+            "(its script passes no conversation mode)",
         ),
         Benchmark(
             "msvd_qa",

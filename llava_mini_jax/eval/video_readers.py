@@ -185,7 +185,8 @@ def read_egoschema(root: Path, split: str) -> List[EvalItem]:
     video_dir = files.first_existing([root / "good_clips_git", root / "videos"], "EgoSchema videos")
     items = []
     for number, q in enumerate(questions):
-        files.require_keys(q, ["q_uid", "question"] + [f"option {k}" for k in range(5)], f"EgoSchema entry {number}")
+        keys = ["q_uid", "question"] + [f"option {k}" for k in range(5)]
+        files.require_keys(q, keys, f"EgoSchema entry {number}")
         options = [q[f"option {k}"] for k in range(5)]
         answer = answers.get(q["q_uid"])
         video = _find_reference_video(video_dir, q["q_uid"])
@@ -207,7 +208,7 @@ def read_egoschema(root: Path, split: str) -> List[EvalItem]:
 
 def _video_qa_folder(root: Path) -> Path:
     return files.first_existing(
-        [root / "videos" / "all", root / "videos", root / "test_videos", root / "all_test", root / "all_videos"],
+        [root / name for name in ("videos/all", "videos", "test_videos", "all_test", "all_videos")],
         "video folder",
     )
 

@@ -37,7 +37,13 @@ import re
 from typing import Any, Dict, Mapping, Sequence
 
 from llava_mini_jax.eval.item import EvalItem, Key
-from llava_mini_jax.eval.vqa import CONTRACTIONS, normalize_answer, normalize_words, strip_punctuation, vqa_accuracy
+from llava_mini_jax.eval.vqa import (
+    CONTRACTIONS,
+    normalize_answer,
+    normalize_words,
+    strip_punctuation,
+    vqa_accuracy,
+)
 
 OFFICIAL_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 
@@ -97,25 +103,37 @@ def _check_parsing(parsing: str) -> None:
         raise ValueError(f"answer parsing {parsing!r}: expected 'official' or 'lenient'")
 
 
-def score_vqav2(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
+def score_vqav2(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official"
+) -> Dict[str, object]:
     """VQAv2 val accuracy (percent): each prediction through EvalAI's processor, then vqaEval.py.
 
     meta: `answer_records` (the annotation's answer dicts). `parsing="lenient"`: EvalAI processing
     of both sides, every time (`vqa.vqa_accuracy`). A missing answer counts as the empty answer.
     """
     _check_parsing(parsing)
-    if parsing == "lenient":
-        scores = [vqa_accuracy(answers.get(i.key, ""), [r["answer"] for r in i.meta["answer_records"]]) for i in items]
-    else:
-        scores = [vqav2_accuracy(normalize_answer(answers.get(i.key, "")), i.meta["answer_records"]) for i in items]
+    scores = []
+    for item in items:
+        prediction, humans = answers.get(item.key, ""), item.meta["answer_records"]
+        if parsing == "lenient":
+            scores.append(vqa_accuracy(prediction, [r["answer"] for r in humans]))
+        else:
+            scores.append(vqav2_accuracy(normalize_answer(prediction), humans))
     return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1), "count": len(scores)}
 
 
-def score_vizwiz(items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official") -> Dict[str, object]:
+def score_vizwiz(
+    items: Sequence[EvalItem], answers: Mapping[Key, str], parsing: str = "official"
+) -> Dict[str, object]:
     """VizWiz val accuracy (percent): each prediction through EvalAI's processor, then VizWiz's
     evaluator against the human answers as written (meta `answers`). `parsing="lenient"`: EvalAI
     processing of both sides (`vqa.vqa_accuracy`)."""
     _check_parsing(parsing)
-    accuracy = vqa_accuracy if parsing == "lenient" else (lambda p, h: vizwiz_accuracy(normalize_answer(p), h))
-    scores = [accuracy(answers.get(i.key, ""), i.meta["answers"]) for i in items]
+    scores = []
+    for item in items:
+        prediction, humans = answers.get(item.key, ""), item.meta["answers"]
+        if parsing == "lenient":
+            scores.append(vqa_accuracy(prediction, humans))
+        else:
+            scores.append(vizwiz_accuracy(normalize_answer(prediction), humans))
     return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1), "count": len(scores)}
