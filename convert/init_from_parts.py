@@ -35,8 +35,9 @@ import numpy as np
 
 from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
 from llava_mini_jax.jax_checkpoint import PARAMS_DIR
+from llava_mini_jax.loading import vision_section
 
-from .checkpoint_config import legacy_llm_config, read_config, vision_section
+from .checkpoint_config import legacy_llm_config, read_config
 from .dtypes import DTYPES, parse_dtype
 from .fresh_init import fan_in_of, fresh_tensor, rule_for
 from .hf_writer import parse_size, write_config, write_hf_weights

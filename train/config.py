@@ -29,6 +29,8 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
+from llava_mini_jax.sharding import MESH_AXES
+
 PRESETS_DIR = pathlib.Path(__file__).parent / "configs"
 
 
@@ -136,9 +138,6 @@ class DataConfig:
         _choice("data.on_bad_sample", self.on_bad_sample, ("skip", "raise"))
         for k in ("max_length", "num_frames", "prefetch", "synthetic_size", "synthetic_classes"):
             _positive(f"data.{k}", getattr(self, k))
-
-
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)

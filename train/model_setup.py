@@ -17,11 +17,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from flax import traverse_util
 
 from llava_mini_jax.config import LlavaMiniConfig
-from llava_mini_jax.loading import dummy_inputs, load_config, place_with_shardings
+from llava_mini_jax.loading import load_config, param_init_fn
+from llava_mini_jax.sharding import place_with_shardings
 from llava_mini_jax.model import LlavaMini
 
 from .config import ConfigError, ModelConfig
@@ -69,7 +69,8 @@ def _parts_options(cfg: ModelConfig) -> dict:
 
 def _parts_config(cfg: ModelConfig) -> LlavaMiniConfig:
     """The combined model's config, from the two `config.json`s (nothing written)."""
-    from convert.checkpoint_config import legacy_llm_config, read_config, vision_section
+    from convert.checkpoint_config import legacy_llm_config, read_config
+    from llava_mini_jax.loading import vision_section
     from convert.init_from_parts import llava_config
     from llava_mini_jax.config import ClipVisionConfig
     vision = vision_section(read_config(cfg.vision_path))
@@ -111,17 +112,10 @@ def build_model(mc: LlavaMiniConfig, cfg: ModelConfig) -> LlavaMini:
     return LlavaMini(mc, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
-def random_params(model: LlavaMini, seed: int, shardings) -> dict:
-    """Module-initialiser params, created by one jitted init whose outputs are sharded."""
-    def init(rng):
-        return nn.unbox(model.init(rng, **dummy_inputs(model.config))["params"])
-    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-
-
 def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=None,
                    run_dir: Optional[str] = None) -> dict:
     """Params of the configured source in `shardings` (then the checkpoint overlay, if any).
-    `random_init(seed)` replaces `random_params` (a cached jitted init); `run_dir` hosts the
+    `random_init(seed)` replaces a fresh jitted init (e.g. the trainer's cached one); `run_dir` hosts the
     `init_from_parts` output."""
     dtype = jnp.dtype(cfg.param_dtype)
     if cfg.source == "path":
@@ -133,7 +127,7 @@ def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=No
     elif random_init is not None:
         params = random_init(cfg.init_seed)
     else:
-        params = random_params(model, cfg.init_seed, shardings)
+        params = param_init_fn(model, shardings)(jax.random.key(cfg.init_seed))
     if cfg.init_from_checkpoint:
         params = overlay_from_checkpoint(params, cfg.init_from_checkpoint, cfg.init_patterns, shardings)
     return params
