@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from llava_mini_jax import load_tokenizer, tokenize_conversation
-from llava_mini_jax.demo import run_demo
-from llava_mini_jax.demo import shapes
-from llava_mini_jax.demo.dataset import write_dataset
-from llava_mini_jax.demo.report import format_table, real_size_flops
-from llava_mini_jax.demo.tokenizer import train_tokenizer
+from demo import run_demo
+from demo import shapes
+from demo.dataset import write_dataset
+from demo.report import format_table, real_size_flops
+from demo.tokenizer import train_tokenizer
 
 
 def test_scene_answers_match_the_pixels():

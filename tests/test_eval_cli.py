@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import eval_synthetic as synth
-from llava_mini_jax.cli import main as cli_main
+from cli.main import main as cli_main
 from llava_mini_jax.eval import registry
 from test_chat import write_video
 from tiny_checkpoint import make_tiny_checkpoint

@@ -75,7 +75,7 @@ def toy_dir(tmp_path_factory) -> str:
     written for (the 300-step toy's attention differs visibly with XLA's optimisation level)."""
     directory = str(tmp_path_factory.mktemp("toy"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    code = ("import sys; from llava_mini_jax.demo.toy import toy_checkpoint; "
+    code = ("import sys; from demo.toy import toy_checkpoint; "
             "toy_checkpoint(sys.argv[1], steps=int(sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, directory, str(TOY_STEPS)], env=env, check=True)
     return directory
@@ -122,7 +122,7 @@ def test_notebooks_are_committed_without_outputs():
 
 
 def test_01_quickstart(run):
-    from llava_mini_jax.demo import shapes
+    from demo import shapes
     out = run("01_quickstart")
     assert out["tokens_per_frame"] == 1
     assert out["positions"] == out["prompt_len"] - 1 + 1  # the image is one position in the LLM

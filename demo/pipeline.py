@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 
-from ..config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig
+from llava_mini_jax.config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig
 
 IMAGE_SIZE = 32
 BATCH = 32

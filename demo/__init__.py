@@ -34,7 +34,7 @@ def add_parser(sub):
 
 
 def chat_with(model: str, image: str, prompt: str) -> int:
-    from ..chat import ChatSession
+    from llava_mini_jax.chat import ChatSession
     session = ChatSession(model)
     if image:
         session.set_image(image)
@@ -72,7 +72,7 @@ def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images:
              progress: bool = True) -> dict:
     """Runs the demo into `out`; returns the results (also written to `out/results.json`)."""
     _quiet_tfds()
-    from ..chat import ChatSession
+    from llava_mini_jax.chat import ChatSession
     from . import dataset, pipeline, report, shapes, tokenizer
     t0 = time.time()
     out = os.path.abspath(out)
@@ -83,7 +83,7 @@ def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images:
                                  progress)
     tfds_dirs = dataset.pack_tfds(data)
     tok_dir = tokenizer.train_tokenizer(os.path.join(out, "tokenizer"), shapes.corpus() + list(data.captions[:500]))
-    from ..tokenizer import load_tokenizer
+    from llava_mini_jax.tokenizer import load_tokenizer
     vocab = load_tokenizer(tok_dir).vocab_size
     configs = {m: pipeline.write_model_config(os.path.join(out, f"{m}_config.json"), pipeline.tiny_config(vocab, m))
                for m in ("baseline", "mini")}

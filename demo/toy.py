@@ -16,12 +16,13 @@ import numpy as np
 import optax
 from safetensors.numpy import save_file
 
-from ..conversation import tokenize_conversation
-from ..hf_weights import params_to_hf
-from ..image_processing import process_image
-from ..loading import init_params
-from ..model import LlavaMini
-from ..tokenizer import load_tokenizer
+from llava_mini_jax.conversation import tokenize_conversation
+from llava_mini_jax.hf_weights import params_to_hf
+from llava_mini_jax.image_processing import process_image
+from llava_mini_jax.loading import init_params
+from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.tokenizer import load_tokenizer
+
 from . import pipeline, shapes
 from .tokenizer import train_tokenizer
 
@@ -72,7 +73,7 @@ def toy_checkpoint(directory: str, steps: int = 300, mode: str = "mini", seed: i
                               shapes.corpus() + [shapes.random_scene(rng).caption() for _ in range(300)])
     tok = load_tokenizer(tok_dir)
     model = LlavaMini(pipeline.tiny_config(tok.vocab_size, mode))
-    from ..chat import processor_config
+    from llava_mini_jax.chat import processor_config
     processor = processor_config(directory, pipeline.IMAGE_SIZE)
     params = init_params(model, jax.random.key(seed))
     trainable = jax.tree_util.tree_map_with_path(
