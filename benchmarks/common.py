@@ -28,6 +28,7 @@ import numpy as np
 from flax import linen as nn
 
 from llava_mini_jax.config import IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig, LlavaMiniConfig
+from llava_mini_jax.flops import LLAMA31_8B, VICUNA_7B  # the library's real-size presets
 from llava_mini_jax.loading import abstract_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,7 +36,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1024 ** 3
 
 # -- configurations -----------------------------------------------------------------------------------
-from llava_mini_jax.flops import LLAMA31_8B, VICUNA_7B  # noqa: E402  (the library's real-size presets)
 # Small enough that a forward compiles and runs in a second on CPU; GQA so the KV arithmetic is exercised.
 TINY_LLM = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                        num_kv_heads=2, rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=8192,

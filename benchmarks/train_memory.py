@@ -1,9 +1,9 @@
 """Per-device training memory of the 8B LLaVA-Mini (Llama-3.1-8B + CLIP-L/336) on 8, 64 and 256
 devices, from shapes and shardings only (nothing is allocated; runs on a laptop CPU).
 
-    python benchmarks/train_memory.py                      # stage 2, 8/64/256 devices
-    python benchmarks/train_memory.py --stage 1 --rows-per-device 4
-    python benchmarks/train_memory.py --tiny               # tiny model, seconds (tests)
+    python -m benchmarks.train_memory                      # stage 2, 8/64/256 devices
+    python -m benchmarks.train_memory --stage 1 --rows-per-device 4
+    python -m benchmarks.train_memory --tiny               # tiny model, seconds (tests)
 
 For each device count, two meshes: pure FSDP `(data=1, fsdp=N, tensor=1)` and FSDP inside groups
 of 8 `(data=N/8, fsdp=8, tensor=1)`. Per device:
@@ -43,14 +43,7 @@ from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
 from llava_mini_jax.loading import abstract_params
 from llava_mini_jax.model import LlavaMini
 
-# benchmarks/common.py, with this directory on sys.path only while importing it (left there,
-# benchmarks/convert.py would shadow the `convert` package for the rest of the process)
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
-try:
-    from common import LLAMA31_8B, emit, write_results
-finally:
-    sys.path.remove(_HERE)
+from benchmarks.common import LLAMA31_8B, emit, write_results
 
 GIB = 1024 ** 3
 GLOBAL_BATCH = 256

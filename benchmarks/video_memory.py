@@ -18,9 +18,9 @@ Two parts:
   is reported with `fits: false`, and larger frame counts of that way are skipped. Then, per
   way, a linear fit of memory against frames and the largest frame count within the budget.
 
-    python benchmarks/video_memory.py --analytic-only   # CPU; benchmarks/results/video_memory_analytic.json
-    python benchmarks/video_memory.py                   # GPU; benchmarks/results/video_memory.json
-    python benchmarks/video_memory.py --tiny            # CPU, seconds (the test suite)
+    python -m benchmarks.video_memory --analytic-only   # CPU; benchmarks/results/video_memory_analytic.json
+    python -m benchmarks.video_memory                   # GPU; benchmarks/results/video_memory.json
+    python -m benchmarks.video_memory --tiny            # CPU, seconds (the test suite)
 """
 from __future__ import annotations
 
@@ -29,27 +29,23 @@ import dataclasses
 import gc
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
 from typing import Optional
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # measure what the program needs, not a pool
-if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # appended: benchmarks/convert.py must not
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # shadow the `convert` package
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common import (GIB, PAPER_FRAMES_IN_24GB, PAPER_MB_PER_IMAGE, STANDARD, TINY_STANDARD,  # noqa: E402
+from benchmarks.common import (GIB, ROOT, PAPER_FRAMES_IN_24GB, PAPER_MB_PER_IMAGE, STANDARD, TINY_STANDARD,
                     abstract_param_tree, default_out, emit, is_out_of_memory, model_config, param_bytes,
                     peak_device_bytes, planned_bytes, prompt_ids, random_params_on_device, significant,
                     write_results)
-from llava_mini_jax.generate import init_kv_cache  # noqa: E402
-from llava_mini_jax.model import LlavaMini  # noqa: E402
-from llava_mini_jax.splice import splice  # noqa: E402
+from llava_mini_jax.generate import init_kv_cache
+from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.splice import splice
 
 STRATEGIES = ("streamed", "library")
 POOL = 8  # distinct random frames, cycled (the content does not change the work)
@@ -248,10 +244,10 @@ class Point:
 # -- running the points ----------------------------------------------------------------------------------------
 def point_in_subprocess(setting: Setting, mode: str, strategy: str, frames: int) -> dict:
     """One point in a fresh process, so its device peak is its own."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--point", f"{mode}:{strategy}:{frames}", "--llm", setting.llm,
+    cmd = [sys.executable, "-m", "benchmarks.video_memory", "--point", f"{mode}:{strategy}:{frames}", "--llm", setting.llm,
            "--video-chunk-size", str(setting.video_chunk_size), "--prefill-chunk", str(setting.prefill_chunk),
            "--budget-gib", str(setting.budget_gib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
