@@ -152,7 +152,7 @@ def scan_undercount(llm: str, variant: Variant, prompt_tokens: int) -> dict:
     layer per stack (XLA counts a while body once), which is why the others use `scan_layers=False`."""
     counts = {}
     for scan in (True, False):
-        model = LlavaMini(model_config(llm, "mini", variant, scan_layers=scan), dtype=DTYPE, param_dtype=DTYPE)
+        model = LlavaMini(model_config(llm, "mini", variant), dtype=DTYPE, param_dtype=DTYPE, scan_layers=scan)
         counts[scan] = request_flops(model, abstract_param_tree(model), variant, prompt_tokens)[0]
     return {"benchmark": "flops", "figure": "scan_undercount", "llm": llm, "variant": variant.name,
             "scanned_tflops": significant(counts[True] / TERA), "unrolled_tflops": significant(counts[False] / TERA),
@@ -162,8 +162,8 @@ def scan_undercount(llm: str, variant: Variant, prompt_tokens: int) -> dict:
 # -- figures -------------------------------------------------------------------------------------------------
 def measure(llm: str, variant: Variant, mode: str, prompt_tokens: int) -> tuple[dict, dict]:
     """The `prefill` and `decode` figures of one (LLM, variant, mode)."""
-    cfg = model_config(llm, mode, variant, scan_layers=False)
-    model = LlavaMini(cfg, dtype=DTYPE, param_dtype=DTYPE)
+    cfg = model_config(llm, mode, variant)
+    model = LlavaMini(cfg, dtype=DTYPE, param_dtype=DTYPE, scan_layers=False)
     start = time.perf_counter()
     params = abstract_param_tree(model)
     req = Request(prompt_tokens + 1, vision_tokens(cfg, variant.parts))

@@ -28,7 +28,6 @@ Prints one JSON line per figure; writes `benchmarks/results/train_memory.json`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -49,14 +48,14 @@ GIB = 1024 ** 3
 GLOBAL_BATCH = 256
 
 
-def model_config(tiny: bool, mode: str, remat: str) -> LlavaMiniConfig:
+def model_config(tiny: bool, mode: str) -> LlavaMiniConfig:
     if tiny:
         from train.tiny import tiny_model_config
         mc = tiny_model_config(mode)
     else:
         mc = LlavaMiniConfig(llm=LLAMA31_8B, vision=ClipVisionConfig(), mode=mode, projector_type="mlp2x_gelu",
                              vision_select_layer=-2, compressor_size=1, prefusion_layers=4)
-    return dataclasses.replace(mc, remat_policy=remat, scan_layers=True)
+    return mc
 
 
 def residual_bytes(model: LlavaMini, abstract: dict, trainable: frozenset, rows: int, seq_len: int) -> int:
@@ -103,8 +102,8 @@ def run(args) -> list:
     results: list = []
     mode = "baseline" if args.stage == 1 else "mini"
     cfg = load_config("stage1" if args.stage == 1 else "stage2")
-    mc = model_config(args.tiny, mode, args.remat)
-    model = LlavaMini(mc, dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.float32)
+    mc = model_config(args.tiny, mode)
+    model = LlavaMini(mc, dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.float32, remat_policy=args.remat)
     boxed = abstract_params(model)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
     plan = plan_params(tree_paths(abstract), cfg.optimizer)
@@ -113,7 +112,7 @@ def run(args) -> list:
     opt_abstract = jax.eval_shape(tx.init, trainable_abstract)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)))
     n_trainable = int(sum(np.prod(x.shape) for x in jax.tree.leaves(trainable_abstract)))
-    no_remat = model.clone(config=dataclasses.replace(mc, remat_policy="none"))
+    no_remat = model.clone(remat_policy="none")
     activations = {}  # rows -> (bytes with the configured remat, bytes without)
 
     def act_bytes(rows):

@@ -56,8 +56,7 @@ def prefill_flops(session, image_path: str) -> float:
     scanned layer body once)."""
     from llava_mini_jax.loading import abstract_params
     from llava_mini_jax.model import LlavaMini
-    cfg = session.model.config.__class__(**{**session.model.config.__dict__, "scan_layers": False})
-    model = LlavaMini(cfg)
+    model = LlavaMini(session.model.config, scan_layers=False)
     ids, pixels = _prompt(session, image_path)
     shapes = nn.unbox(abstract_params(model))
 

@@ -13,7 +13,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from . import jax_checkpoint
-from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, LlavaMiniConfig
+from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, GenerationConfig, LlavaMiniConfig
 from .hf_weights import CLIP_PREFIX, hf_to_params, placements
 from .model import LlavaMini
 from .safetensors_io import CheckpointReader
@@ -87,20 +87,16 @@ def load_config(path: str, **overrides) -> tuple[LlavaMiniConfig, dict]:
     return LlavaMiniConfig.from_hf_dict(hf, vision, **overrides), hf
 
 
-def generation_defaults(path: str) -> dict:
-    """`eos_token_ids` / `pad_token_id` from `generation_config.json` when present (it wins over
-    config.json, as in HF `generate`)."""
+def load_generation_config(path: str, hf_config: Optional[dict] = None) -> GenerationConfig:
+    """The checkpoint's `GenerationConfig`: `config.json`'s `eos_token_id` / `pad_token_id`, each
+    replaced by `generation_config.json`'s when that file sets it (as HF `generate`)."""
+    hf = read_json(os.path.join(path, "config.json")) if hf_config is None else hf_config
+    d = {k: hf.get(k) for k in ("eos_token_id", "pad_token_id")}
     gpath = os.path.join(path, "generation_config.json")
-    if not os.path.exists(gpath):
-        return {}
-    g = read_json(gpath)
-    out = {}
-    eos = g.get("eos_token_id")
-    if eos is not None:
-        out["eos_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
-    if g.get("pad_token_id") is not None:
-        out["pad_token_id"] = g["pad_token_id"]
-    return out
+    if os.path.exists(gpath):
+        g = read_json(gpath)
+        d.update({k: g[k] for k in d if g.get(k) is not None})
+    return GenerationConfig.from_hf_dict(d)
 
 
 def dummy_inputs(cfg: LlavaMiniConfig) -> dict:
@@ -227,7 +223,8 @@ def _restore_other_layout(reader, cfg: LlavaMiniConfig, want: dict, target: dict
 
 
 def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=None, *, mesh=None,
-                    shardings=None, **config_overrides) -> tuple[LlavaMini, dict]:
+                    shardings=None, scan_layers: bool = True, remat_policy: str = "none",
+                    video_chunk_size: int = 16, **config_overrides) -> tuple[LlavaMini, dict]:
     """Loads a checkpoint directory. Returns `(model, params)` for `model.apply({"params": params}, ...)`.
 
     - `path`: an HF LLaVA-Mini (`llava_mini_llama`) or LLaVA-v1.5 (`llava_llama`) directory
@@ -238,21 +235,25 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
     - `mesh`: a `jax.sharding.Mesh` with axes (`data`, `fsdp`, `tensor`): params are placed sharded
       by `sharding.LOGICAL_AXIS_RULES`, each device receiving only its slice. Or `shardings`: a
       params-shaped tree of `jax.sharding.Sharding`s to use as is.
-    - `config_overrides`: fields of `LlavaMiniConfig` (e.g. `scan_layers=False`, `remat_policy="full"`,
-      `video_chunk_size=64`).
+    - `scan_layers`, `remat_policy`, `video_chunk_size`: runtime fields of the `LlavaMini` module.
+    - `config_overrides`: fields of `LlavaMiniConfig` (e.g. `max_length=2048`).
 
-    Vision config: `vision_config` in config.json, else `mm_vision_tower` as a directory (relative
-    to `path` first, library decision D12), else the built-in config of its hub id. Vision weights
-    come from the checkpoint itself (`model.vision_tower.vision_tower.*`); when absent, from the
-    tower directory. Missing, unexpected or mis-shaped tensors raise ValueError listing them.
+    The model's `generation` (EOS / pad ids) comes from `generation_config.json`, else
+    `config.json` (`load_generation_config`). Vision config: `vision_config` in config.json, else
+    `mm_vision_tower` as a directory (relative to `path` first, library decision D12), else the
+    built-in config of its hub id. Vision weights come from the checkpoint itself
+    (`model.vision_tower.vision_tower.*`); when absent, from the tower directory. Missing,
+    unexpected or mis-shaped tensors raise ValueError listing them.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     hf = read_json(os.path.join(path, "config.json"))
     vision, tower_dir = resolve_vision_tower(hf, path)
-    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **{**generation_defaults(path), **config_overrides})
-    model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype)
+    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **config_overrides)
+    model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype, scan_layers=scan_layers,
+                      remat_policy=remat_policy, video_chunk_size=video_chunk_size,
+                      generation=load_generation_config(path, hf))
     boxed = abstract_params(model)
     if jax_checkpoint.is_jax_checkpoint(path):
         return model, restore_params(path, cfg, boxed, dtype, target_shardings(boxed, mesh, shardings))

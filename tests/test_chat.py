@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli.main import main as cli_main
 from llava_mini_jax import IMAGE_TOKEN_INDEX
 from llava_mini_jax.chat import ChatSession, default_template
-from cli.main import main as cli_main
 from llava_mini_jax.generate import generate
-from tiny_checkpoint import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+def ckpt(tiny_hf_checkpoint):
+    return tiny_hf_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ def _logits(model, params, I, images=None, labels=None):
 def test_video_chunk_size_does_not_change_results(chunk):
     _, I, E, _ = fixture_data("video")
     model, params = fixture_model("video")
-    chunked = LlavaMini(model.config.__class__(**{**model.config.__dict__, "video_chunk_size": chunk}))
+    chunked = model.clone(video_chunk_size=chunk)
     a, mask = _logits(model, params, I)
     b, _ = _logits(chunked, params, I)
     np.testing.assert_allclose(a[mask], b[mask], atol=1e-5, rtol=1e-5)

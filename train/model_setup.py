@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from llava_mini_jax.config import LlavaMiniConfig
-from llava_mini_jax.loading import load_config, param_init_fn
-from llava_mini_jax.sharding import place_with_shardings
+from llava_mini_jax.config import GenerationConfig, LlavaMiniConfig
+from llava_mini_jax.loading import load_config, load_generation_config, param_init_fn
 from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.sharding import place_with_shardings
 
 from .config import ConfigError, ModelConfig
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 def _overrides(cfg: ModelConfig) -> dict:
     out = dict(cfg.overrides)
-    out.update(scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
     if cfg.mode is not None:
         out["mode"] = cfg.mode
     if cfg.max_length is not None:
@@ -52,6 +51,18 @@ def model_config(cfg: ModelConfig) -> tuple[LlavaMiniConfig, Optional[str]]:
         return LlavaMiniConfig.from_hf_dict(d, **_overrides(cfg)), None
     raise ConfigError("model: no weight source; set model.path, model.llm_path + model.vision_path, or "
                       "model.config_json")
+
+
+def generation_config(cfg: ModelConfig) -> GenerationConfig:
+    """The source's EOS / pad ids (written into the run's `config.json`, so exports keep them)."""
+    if cfg.source == "path":
+        return load_generation_config(cfg.path)
+    if cfg.source == "parts":
+        return load_generation_config(cfg.llm_path)
+    if cfg.source == "config_json":
+        with open(cfg.config_json) as f:
+            return GenerationConfig.from_hf_dict(json.load(f))
+    return GenerationConfig()
 
 
 # -- issue 3's init_from_parts: an untrained LLaVA-Mini / LLaVA-v1.5 from an LLM and a CLIP -------
@@ -104,12 +115,17 @@ def _parts_params(cfg: ModelConfig, shardings, run_dir: Optional[str]) -> dict:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("init_from_parts")
     _, params = load_pretrained(out, dtype=jnp.dtype(cfg.param_dtype), compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                shardings=shardings, **_overrides(cfg))
+                                shardings=shardings, **runtime(cfg), **_overrides(cfg))
     return params
 
 
+def runtime(cfg: ModelConfig) -> dict:
+    """The `LlavaMini` runtime fields (and `load_pretrained` keywords) of the run."""
+    return dict(scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
+
+
 def build_model(mc: LlavaMiniConfig, cfg: ModelConfig) -> LlavaMini:
-    return LlavaMini(mc, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    return LlavaMini(mc, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype), **runtime(cfg))
 
 
 def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=None,
@@ -121,7 +137,7 @@ def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=No
     if cfg.source == "path":
         from llava_mini_jax.loading import load_pretrained
         _, params = load_pretrained(cfg.path, dtype=dtype, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                    shardings=shardings, **_overrides(cfg))
+                                    shardings=shardings, **runtime(cfg), **_overrides(cfg))
     elif cfg.source == "parts":
         params = _parts_params(cfg, shardings, run_dir)
     elif random_init is not None:

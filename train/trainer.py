@@ -139,7 +139,7 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
                           rng=jax.random.PRNGKey(0), skipped=jnp.zeros((), jnp.int32))
     abstract_state = jax.eval_shape(abstract_state_fn, abstract)
     s_sh = state_shardings(abstract_state, p_sh, mesh)
-    key = (mc, model.dtype, model.param_dtype, cfg.optimizer, cfg.schedule, total_steps, spec, mesh, rules)
+    key = (model, cfg.optimizer, cfg.schedule, total_steps, spec, mesh, rules)  # model: config + runtime fields
     if key not in _STEP_CACHE:
         trainable_sh = split(p_sh, plan.trainable)[0]
         fn = make_train_step(model, tx, plan.trainable, schedules, spec, trainable_sh, rules, mesh)
