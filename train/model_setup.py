@@ -8,6 +8,7 @@ stage-1 projector this way).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from llava_mini_jax.loading import load_config, load_generation_config, param_in
 from llava_mini_jax.model import LlavaMini
 from llava_mini_jax.sharding import place_with_shardings
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, DataConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ def _overrides(cfg: ModelConfig) -> dict:
     out = dict(cfg.overrides)
     if cfg.mode is not None:
         out["mode"] = cfg.mode
-    if cfg.max_length is not None:
-        out["max_length"] = cfg.max_length
     return out
 
 
@@ -51,6 +50,12 @@ def model_config(cfg: ModelConfig) -> tuple[LlavaMiniConfig, Optional[str]]:
         return LlavaMiniConfig.from_hf_dict(d, **_overrides(cfg)), None
     raise ConfigError("model: no weight source; set model.path, model.llm_path + model.vision_path, or "
                       "model.config_json")
+
+
+def with_data_settings(mc: LlavaMiniConfig, data: DataConfig) -> LlavaMiniConfig:
+    """The model config a run trains (and writes into its checkpoints): `max_length` and
+    `image_aspect_ratio` are the data section's, their one owner."""
+    return dataclasses.replace(mc, max_length=data.max_length, image_aspect_ratio=data.image_aspect_ratio)
 
 
 def generation_config(cfg: ModelConfig) -> GenerationConfig:
@@ -74,7 +79,7 @@ def _parts_options(cfg: ModelConfig) -> dict:
     opts = dict(baseline=cfg.mode == "baseline", compressor_size=o.get("compressor_size", 1),
                 prefusion_layers=o.get("prefusion_layers", 4), projector_type=o.get("projector_type", "mlp2x_gelu"),
                 vision_select_layer=o.get("vision_select_layer", -2), resolution_ratio=o.get("resolution_ratio", 1),
-                model_max_length=cfg.max_length)
+                model_max_length=None)
     return opts
 
 
