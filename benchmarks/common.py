@@ -79,7 +79,7 @@ def model_config(llm: str, mode: str, variant: Variant = STANDARD) -> LlavaMiniC
     kw = dict(compressor_size=variant.compressor_size, resolution_ratio=variant.resolution_ratio)
     if llm == "tiny":
         return tiny_config(mode, vocab_size=256, hidden_size=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                           pad_token_id=0, vision_layers=3, vision_select_layer=-2, compressor_heads=8,
+                           pad_token_id=0, vision_layers=3, vision_select_layer=-2,
                            prefusion_layers=1, vision_tower="openai/clip-vit-large-patch14-336", **kw)
     return real_size_config(LLMS[llm], mode, **kw)
 

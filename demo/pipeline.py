@@ -27,7 +27,7 @@ def tiny_config(vocab_size: int, mode: str, prefusion_layers: int = 1) -> LlavaM
     one pre-fusion layer; C = 1 (one vision token) in LLaVA-Mini mode."""
     return library_tiny_config(mode, vocab_size=vocab_size, hidden_size=64, num_kv_heads=4, max_position_embeddings=512,
                                rms_norm_eps=1e-5, pad_token_id=0, vision_hidden_size=64, image_size=IMAGE_SIZE,
-                               prefusion_layers=prefusion_layers, vision_select_layer=0, compressor_heads=8,
+                               prefusion_layers=prefusion_layers, vision_select_layer=0,
                                image_aspect_ratio="pad", max_length=256)
 
 

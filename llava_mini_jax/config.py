@@ -370,6 +370,11 @@ class GenerationConfig:
         return cls(eos_token_ids=() if eos is None else tuple(eos if isinstance(eos, (list, tuple)) else [eos]),
                    pad_token_id=d.get("pad_token_id"))
 
+    def add_to(self, hf_config: dict) -> dict:
+        """`hf_config` (a `config.json` dict) with these settings where it has none (its own
+        `pad_token_id`, the LLM's, stays)."""
+        return {**hf_config, **{k: v for k, v in self.to_hf_dict().items() if hf_config.get(k) is None}}
+
     def to_hf_dict(self) -> dict:
         """The `eos_token_id` / `pad_token_id` entries (for `generation_config.json` or `config.json`)."""
         d: dict[str, Any] = {}

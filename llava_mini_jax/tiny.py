@@ -3,7 +3,8 @@ share.
 
     tiny_config(mode)                      LlavaMiniConfig: CLIP 16 px / patch 4 (16 patches), width
                                            32, 2 layers; Llama width 32, 2 layers, 4 heads (2 KV),
-                                           vocab 64; C = 1; 2 pre-fusion layers. Every size is a knob.
+                                           vocab 64; C = 1 (8 heads); 2 pre-fusion layers. Every size
+                                           is a knob.
     write_config(directory, cfg, gen)      `config.json` only (training from `model.config_json`)
     write_hf_checkpoint(directory, cfg, params, gen, tokenizer_dir=...)
                                            an HF-layout checkpoint (`config.json`, `model.safetensors`,
@@ -40,24 +41,23 @@ def tiny_config(mode: str = "mini", *, vocab_size: int = 64, hidden_size: int = 
     """A tiny LLaVA-Mini (`mode="mini"`) or LLaVA-v1.5 (`"baseline"`) config. The LLM and CLIP
     take their MLP width as twice their width; `fields` set other `LlavaMiniConfig` fields
     (defaults here: `projector_type="mlp2x_gelu"`, `vision_select_layer=-1`, `compressor_size=1`,
-    `compressor_heads=4`, `prefusion_layers=2`, `vision_tower="clip"`)."""
+    `prefusion_layers=2`, `vision_tower="clip"`; `compressor_heads` stays 8, the only value a
+    `config.json` carries)."""
     llm = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                       num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
                       max_position_embeddings=max_position_embeddings, rms_norm_eps=rms_norm_eps,
                       pad_token_id=pad_token_id)
     vision = ClipVisionConfig(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
                               num_layers=vision_layers, num_heads=4, patch_size=patch_size, image_size=image_size)
-    kw = dict(projector_type="mlp2x_gelu", vision_select_layer=-1, compressor_size=1, compressor_heads=4,
-              prefusion_layers=2, vision_tower=TOWER_DIR)
+    kw = dict(projector_type="mlp2x_gelu", vision_select_layer=-1, compressor_size=1, prefusion_layers=2,
+              vision_tower=TOWER_DIR)
     kw.update(fields)
     return LlavaMiniConfig(llm=llm, vision=vision, mode=mode, **kw)
 
 
 def hf_config(cfg: LlavaMiniConfig, generation: GenerationConfig = GenerationConfig()) -> dict:
     """The `config.json` dict: the model's, plus the generation settings."""
-    d = cfg.to_hf_dict()
-    d.update(generation.to_hf_dict())
-    return d
+    return generation.add_to(cfg.to_hf_dict())
 
 
 def write_config(directory: str | os.PathLike, cfg: LlavaMiniConfig,

@@ -43,7 +43,7 @@ def tiny_hf_checkpoint(tmp_path_factory) -> pathlib.Path:
     from llava_mini_jax.config import GenerationConfig
     from llava_mini_jax.tiny import random_checkpoint, tiny_config
     cfg = tiny_config("mini", vocab_size=2000, max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0,
-                      vision_select_layer=-2, compressor_heads=8, prefusion_layers=1)
+                      vision_select_layer=-2, prefusion_layers=1)
     return pathlib.Path(random_checkpoint(
         tmp_path_factory.mktemp("tiny_hf") / "model", cfg, seed=0, generation=GenerationConfig((2,), 0),
         tokenizer_dir=str(FIXTURES / "preprocess" / "tokenizers" / "vicuna"),

@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
 
     ckpt = None
     if cfg.checkpoint.dir:
-        model_json = {**mc.to_hf_dict(), **generation_config(cfg.model).to_hf_dict()}
+        model_json = generation_config(cfg.model).add_to(mc.to_hf_dict())
         ckpt = Checkpointer(cfg.checkpoint, model_json, to_dict(cfg))
     start = ckpt.latest_step() if ckpt is not None and cfg.checkpoint.resume else None
     if start is not None:

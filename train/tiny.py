@@ -13,7 +13,8 @@ from .config import TrainConfig, from_dict, to_dict
 
 def tiny_model_config(mode: str = "mini", hidden: int = 32, layers: int = 2, vocab: int = 64) -> LlavaMiniConfig:
     """The library's tiny config with a training run's knobs (width, depth, vocabulary)."""
-    return tiny_config(mode, vocab_size=vocab, hidden_size=hidden, num_layers=layers, vision_tower="tiny-clip")
+    return tiny_config(mode, vocab_size=vocab, hidden_size=hidden, num_layers=layers, compressor_heads=4,
+                       vision_tower="tiny-clip")
 
 
 def write_tiny_model(directory: str, mode: str = "mini", **kw) -> str:
