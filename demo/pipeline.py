@@ -45,7 +45,7 @@ def stage_overrides(*, config_json: str, mode: str, data_path: str, tokenizer: s
          "model.compute_dtype=float32", "model.remat_policy=none",
          f"model.overrides={{prefusion_layers: {prefusion_layers}, compressor_size: 1}}", f"data.source={source}",
          f"data.data_path=[{data_path}]",
-         f"data.tokenizer_path={tokenizer}", f"data.template={template}", "data.max_length=192",
+         f"data.tokenizer_path={tokenizer}", f"data.template={template}", "data.model_max_length=192",
          "data.group_by_modality_length=false", "data.read_threads=2", f"data.seed={seed}",
          "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "mesh.devices=1",
          f"train.global_batch_size={batch}", f"train.max_steps={steps}", f"train.seed={seed}",

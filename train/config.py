@@ -1,7 +1,9 @@
 """The training configuration: frozen dataclasses, one per section, loaded from YAML/JSON.
 
     model:        where the weights come from, precision, remat/scan
-    data:         the training set (issue 5's pipeline) or the built-in synthetic set
+    data:         the training set: `llava_mini_jax.data.DataConfig`, issue 5's pipeline's own
+                  config (or `source: synthetic`, the built-in set); the trainer fills in its
+                  batch, model and host fields
     mesh:         device mesh sizes (`data`, `fsdp`, `tensor`) and logical-axis rule overrides
     optimizer:    AdamW, parameter groups (learning rates), frozen parameters, clipping
     schedule:     linear warmup + cosine decay to 0 (transformers' `get_cosine_schedule_with_warmup`)
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
                               ValidationError)
 
+from llava_mini_jax.data.config import SET_BY_TRAINER, DataConfig
 from llava_mini_jax.sharding import MESH_AXES
 
 PRESETS_DIR = pathlib.Path(__file__).parent / "configs"
@@ -54,8 +57,8 @@ class ModelConfig:
     checkpoint holds) from a training checkpoint (a run directory: its latest step; or a step
     directory): stage 2 takes the stage-1 projector this way. `overrides` sets other
     `LlavaMiniConfig` fields (e.g. `compressor_size`, `prefusion_layers`, `resolution_ratio`);
-    `max_length` and `image_aspect_ratio` are the `data` section's (their one owner: the trained
-    model's config takes them from there). `parts_dir`: where `init_from_parts` writes the combined model (default `RUN/init_from_parts`,
+    `model_max_length` and `image_aspect_ratio` are the `data` section's (their one owner: the
+    trained model's config takes them from there). `parts_dir`: where `init_from_parts` writes the combined model (default `RUN/init_from_parts`,
     reused when it exists).
     """
 
@@ -101,49 +104,6 @@ class ModelConfig:
         if self.config_json:
             return "config_json"
         return None
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The training set. `source: synthetic` is the built-in image-question set (`synthetic_*`
-    keys; tests, smoke runs, benchmarks); `auto` / `json` / `tfds` read LLaVA-format data through
-    issue 5's grain pipeline (`llava_mini_jax.data.make_train_pipeline`): `data_path` (json files or
-    a TFDS directory), `image_folder`, `video_folder`, `tokenizer_path` (default: the model
-    directory), `template` (`plain` stage 1; `vicuna_v1` / `llava_llama_3_1` stage 2),
-    `max_length` (longest LLM sequence, vision tokens included; longer samples are skipped; the
-    trained model's `tokenizer_model_max_length`), `image_aspect_ratio` (`pad` | `square`; also
-    written into the trained model's config, so inference pads as training did),
-    `length_buckets` (padding lengths), `on_bad_sample` (`skip`: an inert row takes its place and
-    is counted; `raise`), workers and threads. The batch size and accumulation come from `train`."""
-
-    source: str = "auto"
-    data_path: tuple[str, ...] = ()
-    image_folder: str = ""
-    video_folder: str = ""
-    tokenizer_path: Optional[str] = None
-    tfds_split: str = "train"
-    template: str = "vicuna_v1"
-    max_length: int = 2048
-    image_aspect_ratio: str = "pad"
-    num_frames: int = 8
-    group_by_modality_length: bool = True
-    shuffle: bool = True
-    seed: int = 0
-    length_buckets: Optional[tuple[int, ...]] = None
-    on_bad_sample: str = "skip"
-    num_workers: int = 0
-    read_threads: int = 8
-    prefetch: int = 4
-    synthetic_size: int = 512
-    synthetic_classes: int = 4
-    synthetic_noise: float = 0.3
-
-    def __post_init__(self):
-        _choice("data.source", self.source, ("auto", "json", "tfds", "synthetic"))
-        _choice("data.template", self.template, ("plain", "vicuna_v1", "v1", "llava_v1", "llava_llama_3_1"))
-        _choice("data.on_bad_sample", self.on_bad_sample, ("skip", "raise"))
-        for k in ("max_length", "num_frames", "prefetch", "synthetic_size", "synthetic_classes"):
-            _positive(f"data.{k}", getattr(self, k))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +292,8 @@ class TrainConfig:
 
     stage: str = "custom"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DataConfig = dataclasses.field(default_factory=functools.partial(  # the pipeline's own config
+        DataConfig, group_by_modality_length=True, read_threads=8))
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
@@ -340,6 +301,13 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+
+    def __post_init__(self):
+        default = DataConfig()
+        changed = [k for k in SET_BY_TRAINER if getattr(self.data, k) != getattr(default, k)]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} is set by the trainer (from train.global_batch_size, the model and "
+                              f"the processes); leave out {', '.join('data.' + k for k in changed)}")
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -54,8 +54,8 @@ def model_config(cfg: ModelConfig) -> tuple[LlavaMiniConfig, Optional[str]]:
 
 def with_data_settings(mc: LlavaMiniConfig, data: DataConfig) -> LlavaMiniConfig:
     """The model config a run trains (and writes into its checkpoints): `max_length` and
-    `image_aspect_ratio` are the data section's, their one owner."""
-    return dataclasses.replace(mc, max_length=data.max_length, image_aspect_ratio=data.image_aspect_ratio)
+    `image_aspect_ratio` are the data section's (`model_max_length`), their one owner."""
+    return dataclasses.replace(mc, max_length=data.model_max_length, image_aspect_ratio=data.image_aspect_ratio)
 
 
 def generation_config(cfg: ModelConfig) -> GenerationConfig:
