@@ -70,7 +70,7 @@ class Compressor(nn.Module):
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp)
         out = dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
-                    bias_names=("vision_embed",), kernel_init=initializers.torch_linear(), name="out_proj", **kw)(out)
+                    bias_names=("vision_embed",), name="out_proj", **kw)(out)
         attn = weights.mean(axis=1)
         self.sow("intermediates", "compressor_attn", attn)
         return out, attn

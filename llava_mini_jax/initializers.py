@@ -1,24 +1,32 @@
-"""How fresh parameters are drawn: the one table of initial values, used by the Flax modules
-(`model.init`, training from a config) and by `convert.init_from_parts` (one HF tensor at a time).
+"""How fresh parameters are drawn: every initial value in one place, for the Flax modules
+(`model.init`) and for `convert.init_from_parts` (one HF tensor at a time).
 
-The LLM and CLIP start as HF's `_init_weights` would (normal, std 0.02) but are normally loaded.
-The parts LLaVA-Mini adds follow the reference's training recipe (SPEC A §13 B):
+Two uses, two policies, one table:
+
+- `model.init` (a model trained from a `config.json`, tests, the demo): HF's `_init_weights`
+  (`hf_default()`, N(0, 0.02)) for every kernel and zero biases, except the compressor, whose
+  queries (`query()`), packed in_proj (`packed_in_proj(d)`) and sin-cos `pos_embed`
+  (`sincos_pos_embed`) are the recipe's below.
+- `init_from_parts` (new parts next to a pretrained LLM and CLIP, to be trained as the reference
+  does) follows the reference's training recipe in full (SPEC A §13 B):
 
 | tensor (HF name) | initial value | here |
 |---|---|---|
 | `model.prefusion_layers.{j}.*_proj.weight` `[out, in]` | U(+-1/sqrt(in)) (PyTorch default Linear) | `torch_linear()` |
-| `model.prefusion_layers.{j}.*_layernorm.weight` | 1 | the norm's ones |
+| `model.prefusion_layers.{j}.*_layernorm.weight` | 1 | ones |
 | `model.mm_projector[.k].weight` `[out, in]` and `.bias` | U(+-1/sqrt(in)) | `torch_linear()`, `torch_linear_bias(in)` |
 | `model.compressor.query` `[Q, d]` | N(0, 0.02^2) | `query()` |
 | `model.compressor.pos_embed` `[Q, d]` | the fixed 2-D sin-cos table | `sincos_pos_embed(d, C)` |
-| `model.compressor.ln_q/ln_kv.weight`, `.bias` | 1, 0 | the norm's ones and zeros |
+| `model.compressor.ln_q/ln_kv.weight`, `.bias` | 1, 0 | ones, zeros |
 | `model.compressor.attn.in_proj_weight` `[3d, d]` | xavier-uniform U(+-sqrt(6/(d + 3d))) | `packed_in_proj(d)` |
 | `model.compressor.attn.in_proj_bias`, `out_proj.bias` | 0 | zeros |
 | `model.compressor.attn.out_proj.weight` `[d, d]` | U(+-1/sqrt(d)) | `torch_linear()` |
 
-`fresh_tensor(name, shape, fan_in, seed)` draws one of these HF tensors with the same
-initialisers (its own key from `(seed, crc32(name))`, so values do not depend on the order tensors
-are made in), in float32.
+(`model.init` keeps HF's N(0, 0.02) for the pre-fusion layers, the projector and the compressor's
+out_proj, as before this module existed: the tiny training runs and their equivalence tests, and
+the demo's figures, start from those values.) `fresh_tensor(name, shape, fan_in, seed)` draws one
+recipe tensor with these initialisers (its own key from `(seed, crc32(name))`, so values do not
+depend on the order tensors are made in), in float32.
 """
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ default_kernel_init = hf_default()  # HF `_init_weights` (initializer_range 0.02
 
 
 def dense(features, names: Names, *, axis=-1, use_bias=False, bias_names: Optional[Names] = None,
-          kernel_init: Callable = default_kernel_init, bias_init: Callable = nn.initializers.zeros_init(),
-          dtype: Dtype = jnp.float32,
+          kernel_init: Callable = default_kernel_init, dtype: Dtype = jnp.float32,
           param_dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.DenseGeneral:
     """`nn.DenseGeneral` whose kernel (and bias) carry logical axis names.
 
@@ -31,7 +30,7 @@ def dense(features, names: Names, *, axis=-1, use_bias=False, bias_names: Option
     return nn.DenseGeneral(
         features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(kernel_init, tuple(names)),
-        bias_init=nn.with_logical_partitioning(bias_init, tuple(bias_names or ())),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(bias_names or ())),
         name=name)
 
 

@@ -6,14 +6,14 @@ arrays passed in and returned, written at a per-row `cache_index [B]`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from .config import LlamaConfig
-from .layers import RMSNorm, default_kernel_init, dense, run_layers
+from .layers import RMSNorm, dense, run_layers
 from .rope import inverse_frequencies, rope_angles, apply_rope
 
 Dtype = Any
@@ -35,7 +35,6 @@ class Attention(nn.Module):
     config: LlamaConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache: Optional[Cache] = None, cache_index=None):
@@ -43,7 +42,7 @@ class Attention(nn.Module):
         `{"k","v"}: [B, S, KV, hd]` written at `cache_index [B]` (then S keys are attended), or None
         (S = T). Returns `([B, T, D], new cache or None)`."""
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q_proj", **kw)(x)
         k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k_proj", **kw)(x)
         v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v_proj", **kw)(x)
@@ -65,12 +64,11 @@ class MLP(nn.Module):
     config: LlamaConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
         return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(nn.silu(gate) * up)
@@ -82,7 +80,6 @@ class DecoderLayer(nn.Module):
     config: LlamaConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
@@ -90,18 +87,16 @@ class DecoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ACT)
         h = RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x)
-        attn, new_cache = Attention(cfg, name="self_attn", kernel_init=self.kernel_init, **kw)(h, cos, sin, mask, cache,
-                                                                                               cache_index)
+        attn, new_cache = Attention(cfg, name="self_attn", **kw)(h, cos, sin, mask, cache, cache_index)
         x = x + attn
-        x = x + MLP(cfg, name="mlp", kernel_init=self.kernel_init, **kw)(RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
+        x = x + MLP(cfg, name="mlp", **kw)(RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
         self.sow("intermediates", "output", x)
         return x, new_cache
 
 
 class DecoderStack(nn.Module):
     """`num_layers` decoder layers (no final norm). Params under `layers` (scanned: stacked on a
-    leading `layers` axis) or `layers_{i}`. `kernel_init` draws every projection kernel (the LLM:
-    HF's normal 0.02; the pre-fusion layers: PyTorch's default Linear, `initializers`)."""
+    leading `layers` axis) or `layers_{i}`."""
 
     config: LlamaConfig
     num_layers: int
@@ -109,7 +104,6 @@ class DecoderStack(nn.Module):
     remat_policy: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = default_kernel_init
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: Optional[Cache] = None, cache_index=None):
@@ -118,8 +112,7 @@ class DecoderStack(nn.Module):
         cfg = self.config
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         cos, sin = rope_angles(positions, inv_freq)
-        return run_layers(DecoderLayer, dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype,
-                                             kernel_init=self.kernel_init),
+        return run_layers(DecoderLayer, dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype),
                           self.num_layers, x, (cos, sin, mask), (cache, cache_index if cache is None else
                                                                   _per_layer(cache_index, self.num_layers)),
                           scan=self.scan_layers, initializing=self.is_initializing(), remat=self.remat_policy)

@@ -27,7 +27,6 @@ from flax import linen as nn
 from .clip import ClipVisionEncoder
 from .compressor import Compressor
 from .config import IMAGE_TOKEN_INDEX, GenerationConfig, LlavaMiniConfig
-from .initializers import torch_linear
 from .llama import DecoderStack, LlamaLM, causal_mask
 from .loss import mean_cross_entropy
 from .prefusion import prefusion_attention, prefusion_positions, stitch_tiles, text_key_mask
@@ -119,8 +118,7 @@ class LlavaMini(nn.Module):
         self.llm = LlamaLM(cfg.llm, self.scan_layers, self.remat_policy, **kw)
         if cfg.is_mini:
             self.compressor = Compressor(cfg.vision.hidden_size, cfg.compressor_size, cfg.compressor_heads, **kw)
-            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, self.scan_layers, self.remat_policy,
-                                          kernel_init=torch_linear(), **kw)
+            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, self.scan_layers, self.remat_policy, **kw)
 
     # -- text -------------------------------------------------------------------------------------
     def embed_text(self, input_ids: jnp.ndarray) -> jnp.ndarray:

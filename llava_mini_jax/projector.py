@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .config import projector_layers
-from .initializers import torch_linear, torch_linear_bias
 from .layers import dense
 
 Dtype = Any
@@ -30,11 +29,10 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n = projector_layers(self.projector_type)
-        kw = dict(use_bias=True, bias_names=("embed",), kernel_init=torch_linear(), dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+        kw = dict(use_bias=True, bias_names=("embed",), dtype=self.dtype, param_dtype=self.param_dtype)
         for i in range(n):
             if i:
                 x = jax.nn.gelu(x, approximate=False)
             names = ("vision_embed", "embed") if i == 0 else ("mlp", "embed")
-            x = dense(self.out_dim, names, name=f"linear_{i}", bias_init=torch_linear_bias(x.shape[-1]), **kw)(x)
+            x = dense(self.out_dim, names, name=f"linear_{i}", **kw)(x)
         return x
