@@ -14,7 +14,10 @@ A JAX checkpoint directory (written by `convert.hf_to_jax` or `convert.init_from
 `params/` is exactly what orbax's `PyTreeCheckpointHandler(use_ocdbt=False)` writes, so
 `ocp.PyTreeCheckpointer().restore(OUT / "params")` and `ocp.StandardCheckpointer().restore(...)`
 read it; `ParamsWriter` writes it one array (or one layer slice of a stacked array) at a time, so
-the whole model is never in memory. `ParamsReader` reads single leaves and layer slices of this
+the whole model is never in memory. Orbax's public API saves a tree of arrays that are all in
+memory at once, so the writer keeps its own leaf-by-leaf path and writes the two metadata files
+orbax 0.12 writes; `setup.cfg` bounds `orbax-checkpoint` (and `flax`) to `<0.13`, the versions
+whose metadata it mimics (`tests/test_jax_checkpoint.py` restores it with orbax itself). `ParamsReader` reads single leaves and layer slices of this
 layout and of orbax's default OCDBT layout (a training `CheckpointManager`'s params item);
 `HFView` reads them under the reference's tensor names. This module is the on-disk format only:
 restoring into a model's shardings is `loading.restore_params`.
