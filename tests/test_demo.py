@@ -102,3 +102,12 @@ def test_demo_end_to_end_small(tmp_path):
     assert os.path.isdir(tmp_path / "demo" / "runs" / "stage1" / "4" / "params")  # orbax step
     assert json.load(open(tmp_path / "demo" / "results.json"))["rows"][2]["accuracy"]["overall"] == pytest.approx(
         res["rows"][2]["accuracy"]["overall"])
+    # what benchmarks/demo_seeds.py stores per run (results/demo.json), from this run
+    from benchmarks.demo_seeds import DEFAULTS, figure
+    settings = {**DEFAULTS, "steps": 8, "stage1_steps": 4, "train_images": 64, "test_questions": 16}
+    row = figure("small", settings, 0, res)
+    assert row["command"] == "llava-mini-jax demo --seed 0 --steps 8 --stage1-steps 4 --train-images 64 " \
+                             "--test-questions 16"
+    assert row["mini"]["accuracy"]["overall"] == pytest.approx(mini["accuracy"]["overall"], abs=1e-4)
+    assert (row["mini"]["tokens"], row["baseline"]["tokens"]) == (1, 64) and row["chance"] == pytest.approx(
+        res["rows"][2]["accuracy"]["overall"])

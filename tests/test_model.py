@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, assert_close, fixture_data, fixture_model, japply
-from llava_mini_jax import IGNORE_INDEX, LlavaMini, load_pretrained
+from llava_mini_jax import IGNORE_INDEX, load_pretrained
 from llava_mini_jax import hf_weights
 from llava_mini_jax.prefusion import prefusion_attention, prefusion_positions, text_key_mask
 
