@@ -27,22 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from llava_mini_jax.config import IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig, LlavaMiniConfig
+from llava_mini_jax.config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
+from llava_mini_jax.flops import LLAMA31_8B, VICUNA_7B, real_size_config  # the library's real-size presets
 from llava_mini_jax.loading import abstract_params
+from llava_mini_jax.tiny import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1024 ** 3
 
 # -- configurations -----------------------------------------------------------------------------------
-from llava_mini_jax.flops import LLAMA31_8B, VICUNA_7B  # noqa: E402  (the library's real-size presets)
-# Small enough that a forward compiles and runs in a second on CPU; GQA so the KV arithmetic is exercised.
-TINY_LLM = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                       num_kv_heads=2, rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=8192,
-                       pad_token_id=0)
-TINY_CLIP = ClipVisionConfig(hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, patch_size=4,
-                             image_size=16)
-LLMS = {"vicuna-7b": VICUNA_7B, "llama-3.1-8b": LLAMA31_8B, "tiny": TINY_LLM}
+LLMS = {"vicuna-7b": VICUNA_7B, "llama-3.1-8b": LLAMA31_8B, "tiny": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +69,19 @@ PAPER_MB_PER_IMAGE = {"baseline": 360.0, "mini": 0.6}
 PAPER_FRAMES_IN_24GB = 10000
 
 
-def model_config(llm: str, mode: str, variant: Variant = STANDARD, *, scan_layers: bool = True,
-                 video_chunk_size: int = 16, prefusion_layers: int = 4) -> LlavaMiniConfig:
-    """The LLaVA-Mini (`mode="mini"`) or LLaVA-v1.5 (`"baseline"`) config of one LLM and variant;
-    `llm="tiny"` pairs the tiny LLM with the tiny CLIP (and 1 pre-fusion layer)."""
+def model_config(llm: str, mode: str, variant: Variant = STANDARD) -> LlavaMiniConfig:
+    """The LLaVA-Mini (`mode="mini"`) or LLaVA-v1.5 (`"baseline"`) config of one LLM and variant:
+    the paper's setup (`flops.real_size_config`), or with `llm="tiny"` the library's tiny model
+    (`tiny.tiny_config`: small enough that a forward compiles and runs in a second on CPU; GQA so
+    the KV arithmetic is exercised; a 3-layer CLIP read at -2; one pre-fusion layer)."""
     if llm not in LLMS:
         raise ValueError(f"llm={llm!r}: expected one of {sorted(LLMS)}")
-    tiny = llm == "tiny"
-    return LlavaMiniConfig(
-        llm=LLMS[llm], vision=TINY_CLIP if tiny else ClipVisionConfig(), mode=mode, projector_type="mlp2x_gelu",
-        vision_select_layer=-2, vision_select_feature="patch", compressor_size=variant.compressor_size,
-        prefusion_layers=1 if tiny else prefusion_layers, resolution_ratio=variant.resolution_ratio,
-        scan_layers=scan_layers, video_chunk_size=video_chunk_size, pad_token_id=LLMS[llm].pad_token_id)
+    kw = dict(compressor_size=variant.compressor_size, resolution_ratio=variant.resolution_ratio)
+    if llm == "tiny":
+        return tiny_config(mode, vocab_size=256, hidden_size=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                           pad_token_id=0, vision_layers=3, vision_select_layer=-2,
+                           prefusion_layers=1, vision_tower="openai/clip-vit-large-patch14-336", **kw)
+    return real_size_config(LLMS[llm], mode, **kw)
 
 
 def variants(tiny: bool) -> tuple[Variant, Variant]:

@@ -5,8 +5,8 @@ template, full 336x336 CLIP processing with padding) is written to a temporary d
 read for a fixed number of batches per setting. The first batch (start-up, worker spawn) is not
 timed. Prints one JSON line per figure and writes all of them to `--out`.
 
-    python benchmarks/data.py            # 2000 images, results in benchmarks/results/data.json
-    python benchmarks/data.py --tiny     # seconds; for the test suite
+    python -m benchmarks.data            # 2000 images, results in benchmarks/results/data.json
+    python -m benchmarks.data --tiny     # seconds; for the test suite
 """
 
 from __future__ import annotations

@@ -17,34 +17,30 @@ One request is one image (336 px: one view; HD 672 px: 2x2 tiles + a global view
   `4 * T * S * width` per layer, dense over the masked keys as XLA computes it), so the XLA figure
   can be trusted.
 
-    python benchmarks/flops.py              # Vicuna-7B and Llama-3.1-8B; benchmarks/results/flops.json
-    python benchmarks/flops.py --tiny       # tiny configs; seconds (the test suite)
+    python -m benchmarks.flops              # Vicuna-7B and Llama-3.1-8B; benchmarks/results/flops.json
+    python -m benchmarks.flops --tiny       # tiny configs; seconds (the test suite)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
-import pathlib
 import resource
 import sys
 import time
 
-if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # appended: benchmarks/convert.py must not
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # shadow the `convert` package
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from common import (PAPER_TFLOPS, Variant, abstract_param_tree, default_out, emit, model_config,  # noqa: E402
+from benchmarks.common import (PAPER_TFLOPS, Variant, abstract_param_tree, default_out, emit, model_config,
                     request_shapes, rounded, significant, variants, vision_tokens, write_results)
-from llava_mini_jax.flops import decode_flops as analytic_decode_flops  # noqa: E402
-from llava_mini_jax.flops import llama_layer_flops  # noqa: E402
-from llava_mini_jax.flops import request_flops as analytic_request_flops  # noqa: E402
-from llava_mini_jax.config import LlavaMiniConfig  # noqa: E402
-from llava_mini_jax.generate import init_kv_cache  # noqa: E402
-from llava_mini_jax.model import LlavaMini  # noqa: E402
-from llava_mini_jax.prefusion import prefusion_attention, prefusion_positions  # noqa: E402
+from llava_mini_jax.flops import decode_flops as analytic_decode_flops
+from llava_mini_jax.flops import llama_layer_flops
+from llava_mini_jax.flops import request_flops as analytic_request_flops
+from llava_mini_jax.config import LlavaMiniConfig
+from llava_mini_jax.generate import init_kv_cache
+from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.prefusion import prefusion_attention, prefusion_positions
 
 TERA = 1e12
 DTYPE = jnp.bfloat16
@@ -156,7 +152,7 @@ def scan_undercount(llm: str, variant: Variant, prompt_tokens: int) -> dict:
     layer per stack (XLA counts a while body once), which is why the others use `scan_layers=False`."""
     counts = {}
     for scan in (True, False):
-        model = LlavaMini(model_config(llm, "mini", variant, scan_layers=scan), dtype=DTYPE, param_dtype=DTYPE)
+        model = LlavaMini(model_config(llm, "mini", variant), dtype=DTYPE, param_dtype=DTYPE, scan_layers=scan)
         counts[scan] = request_flops(model, abstract_param_tree(model), variant, prompt_tokens)[0]
     return {"benchmark": "flops", "figure": "scan_undercount", "llm": llm, "variant": variant.name,
             "scanned_tflops": significant(counts[True] / TERA), "unrolled_tflops": significant(counts[False] / TERA),
@@ -166,8 +162,8 @@ def scan_undercount(llm: str, variant: Variant, prompt_tokens: int) -> dict:
 # -- figures -------------------------------------------------------------------------------------------------
 def measure(llm: str, variant: Variant, mode: str, prompt_tokens: int) -> tuple[dict, dict]:
     """The `prefill` and `decode` figures of one (LLM, variant, mode)."""
-    cfg = model_config(llm, mode, variant, scan_layers=False)
-    model = LlavaMini(cfg, dtype=DTYPE, param_dtype=DTYPE)
+    cfg = model_config(llm, mode, variant)
+    model = LlavaMini(cfg, dtype=DTYPE, param_dtype=DTYPE, scan_layers=False)
     start = time.perf_counter()
     params = abstract_param_tree(model)
     req = Request(prompt_tokens + 1, vision_tokens(cfg, variant.parts))

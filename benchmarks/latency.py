@@ -16,8 +16,8 @@ first and frees its memory; JAX runs with `XLA_PYTHON_CLIENT_PREALLOCATE=false` 
 GPU. Before timing, a `parity` figure checks that the two compute the same logits (tiny model, same
 weights through `params_to_hf`, float32, 1e-4).
 
-    python benchmarks/latency.py                 # GPU; benchmarks/results/latency.json
-    python benchmarks/latency.py --tiny          # CPU, seconds (the test suite)
+    python -m benchmarks.latency                 # GPU; benchmarks/results/latency.json
+    python -m benchmarks.latency --tiny          # CPU, seconds (the test suite)
 """
 from __future__ import annotations
 
@@ -25,23 +25,19 @@ import argparse
 import dataclasses
 import gc
 import os
-import pathlib
 import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the torch side shares the device
-if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # appended: benchmarks/convert.py must not
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # shadow the `convert` package
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common import (PAPER_LATENCY_MS, STANDARD, TINY_STANDARD, abstract_param_tree, default_out, emit,  # noqa: E402
+from benchmarks.common import (PAPER_LATENCY_MS, STANDARD, TINY_STANDARD, abstract_param_tree, default_out, emit,
                     model_config, param_bytes, prompt_ids, random_params_on_device, significant, time_call,
                     vision_tokens, write_results)
-from llava_mini_jax.generate import init_kv_cache  # noqa: E402
-from llava_mini_jax.model import LlavaMini  # noqa: E402
+from llava_mini_jax.generate import init_kv_cache
+from llava_mini_jax.model import LlavaMini
 
 MODES = ("baseline", "mini")
 PARITY_TOL = 1e-4
@@ -171,7 +167,7 @@ class TorchRunner:
 
     def __init__(self, cfg, setting: Setting, params=None):
         import torch
-        from torch_reference import TorchLlavaMini, load_jax_params
+        from benchmarks.torch_reference import TorchLlavaMini, load_jax_params
         self.torch, self.cfg, self.setting = torch, cfg, setting
         self.device = torch.device("cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu")
         self.dtype = getattr(torch, setting.dtype)
@@ -238,7 +234,7 @@ def parity(modes=MODES) -> dict:
     """Max |JAX - PyTorch| of the logits (valid positions) of the tiny model in float32 with the same
     weights, on this machine's device, per mode: the check that the timed programs compute the same."""
     import torch
-    from torch_reference import TorchLlavaMini, load_jax_params, random_weights
+    from benchmarks.torch_reference import TorchLlavaMini, load_jax_params, random_weights
     setting = dataclasses.replace(TINY, dtype="float32")
     diffs = {}
     for mode in modes:

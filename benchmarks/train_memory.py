@@ -1,9 +1,9 @@
 """Per-device training memory of the 8B LLaVA-Mini (Llama-3.1-8B + CLIP-L/336) on 8, 64 and 256
 devices, from shapes and shardings only (nothing is allocated; runs on a laptop CPU).
 
-    python benchmarks/train_memory.py                      # stage 2, 8/64/256 devices
-    python benchmarks/train_memory.py --stage 1 --rows-per-device 4
-    python benchmarks/train_memory.py --tiny               # tiny model, seconds (tests)
+    python -m benchmarks.train_memory                      # stage 2, 8/64/256 devices
+    python -m benchmarks.train_memory --stage 1 --rows-per-device 4
+    python -m benchmarks.train_memory --tiny               # tiny model, seconds (tests)
 
 For each device count, two meshes: pure FSDP `(data=1, fsdp=N, tensor=1)` and FSDP inside groups
 of 8 `(data=N/8, fsdp=8, tensor=1)`. Per device:
@@ -28,7 +28,6 @@ Prints one JSON line per figure; writes `benchmarks/results/train_memory.json`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -43,27 +42,20 @@ from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
 from llava_mini_jax.loading import abstract_params
 from llava_mini_jax.model import LlavaMini
 
-# benchmarks/common.py, with this directory on sys.path only while importing it (left there,
-# benchmarks/convert.py would shadow the `convert` package for the rest of the process)
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
-try:
-    from common import LLAMA31_8B, emit, write_results
-finally:
-    sys.path.remove(_HERE)
+from benchmarks.common import LLAMA31_8B, emit, write_results
 
 GIB = 1024 ** 3
 GLOBAL_BATCH = 256
 
 
-def model_config(tiny: bool, mode: str, remat: str) -> LlavaMiniConfig:
+def model_config(tiny: bool, mode: str) -> LlavaMiniConfig:
     if tiny:
         from train.tiny import tiny_model_config
         mc = tiny_model_config(mode)
     else:
         mc = LlavaMiniConfig(llm=LLAMA31_8B, vision=ClipVisionConfig(), mode=mode, projector_type="mlp2x_gelu",
                              vision_select_layer=-2, compressor_size=1, prefusion_layers=4)
-    return dataclasses.replace(mc, remat_policy=remat, scan_layers=True)
+    return mc
 
 
 def residual_bytes(model: LlavaMini, abstract: dict, trainable: frozenset, rows: int, seq_len: int) -> int:
@@ -110,8 +102,8 @@ def run(args) -> list:
     results: list = []
     mode = "baseline" if args.stage == 1 else "mini"
     cfg = load_config("stage1" if args.stage == 1 else "stage2")
-    mc = model_config(args.tiny, mode, args.remat)
-    model = LlavaMini(mc, dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.float32)
+    mc = model_config(args.tiny, mode)
+    model = LlavaMini(mc, dtype=jnp.dtype(args.compute_dtype), param_dtype=jnp.float32, remat_policy=args.remat)
     boxed = abstract_params(model)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
     plan = plan_params(tree_paths(abstract), cfg.optimizer)
@@ -120,7 +112,7 @@ def run(args) -> list:
     opt_abstract = jax.eval_shape(tx.init, trainable_abstract)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)))
     n_trainable = int(sum(np.prod(x.shape) for x in jax.tree.leaves(trainable_abstract)))
-    no_remat = model.clone(config=dataclasses.replace(mc, remat_policy="none"))
+    no_remat = model.clone(remat_policy="none")
     activations = {}  # rows -> (bytes with the configured remat, bytes without)
 
     def act_bytes(rows):

@@ -1,9 +1,9 @@
 """Train-step speed: step time, tokens/s and model FLOPs utilisation of `train`'s jitted step.
 
-    python benchmarks/train_step.py --shape 8b --llm-layers 8 --batch 8 --seq-len 2048   # GPU
-    python benchmarks/train_step.py --shape 1b --batch 16 --seq-len 2048
-    python benchmarks/train_step.py --shape small --compute-dtype float32                  # CPU
-    python benchmarks/train_step.py --tiny                                                  # seconds (tests)
+    python -m benchmarks.train_step --shape 8b --llm-layers 8 --batch 8 --seq-len 2048   # GPU
+    python -m benchmarks.train_step --shape 1b --batch 16 --seq-len 2048
+    python -m benchmarks.train_step --shape small --compute-dtype float32                  # CPU
+    python -m benchmarks.train_step --tiny                                                  # seconds (tests)
 
 The step is exactly the training one (`train.trainer.build_trainer`: stage-2 parameter groups by
 default, `--stage 1` for the projector-only LLaVA-v1.5 stage; AdamW, clipping, remat, scan, the
@@ -39,14 +39,7 @@ from flax import traverse_util
 from llava_mini_jax.config import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, ClipVisionConfig, LlamaConfig,
                                    LlavaMiniConfig)
 
-# benchmarks/common.py, with this directory on sys.path only while importing it (left there,
-# benchmarks/convert.py would shadow the `convert` package for the rest of the process)
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
-try:
-    from common import LLAMA31_8B, emit, write_results
-finally:
-    sys.path.remove(_HERE)
+from benchmarks.common import LLAMA31_8B, emit, write_results
 
 # bf16 dense peak TFLOP/s per device, by a substring of `device_kind` (lower case).
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "tpu v6": 918.0, "tpu v5p": 459.0,

@@ -18,9 +18,9 @@ Two parts:
   is reported with `fits: false`, and larger frame counts of that way are skipped. Then, per
   way, a linear fit of memory against frames and the largest frame count within the budget.
 
-    python benchmarks/video_memory.py --analytic-only   # CPU; benchmarks/results/video_memory_analytic.json
-    python benchmarks/video_memory.py                   # GPU; benchmarks/results/video_memory.json
-    python benchmarks/video_memory.py --tiny            # CPU, seconds (the test suite)
+    python -m benchmarks.video_memory --analytic-only   # CPU; benchmarks/results/video_memory_analytic.json
+    python -m benchmarks.video_memory                   # GPU; benchmarks/results/video_memory.json
+    python -m benchmarks.video_memory --tiny            # CPU, seconds (the test suite)
 """
 from __future__ import annotations
 
@@ -29,27 +29,23 @@ import dataclasses
 import gc
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
 from typing import Optional
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # measure what the program needs, not a pool
-if str(pathlib.Path(__file__).resolve().parent) not in sys.path:  # appended: benchmarks/convert.py must not
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))  # shadow the `convert` package
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from common import (GIB, PAPER_FRAMES_IN_24GB, PAPER_MB_PER_IMAGE, STANDARD, TINY_STANDARD,  # noqa: E402
+from benchmarks.common import (GIB, ROOT, PAPER_FRAMES_IN_24GB, PAPER_MB_PER_IMAGE, STANDARD, TINY_STANDARD,
                     abstract_param_tree, default_out, emit, is_out_of_memory, model_config, param_bytes,
                     peak_device_bytes, planned_bytes, prompt_ids, random_params_on_device, significant,
                     write_results)
-from llava_mini_jax.generate import init_kv_cache  # noqa: E402
-from llava_mini_jax.model import LlavaMini  # noqa: E402
-from llava_mini_jax.splice import splice  # noqa: E402
+from llava_mini_jax.generate import chunked_prefill, init_kv_cache
+from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.splice import splice
 
 STRATEGIES = ("streamed", "library")
 POOL = 8  # distinct random frames, cycled (the content does not change the work)
@@ -117,8 +113,9 @@ class Point:
         self.setting, self.mode = setting, mode
         self.dtype = jnp.dtype(setting.dtype)
         variant = TINY_STANDARD if setting.tiny else STANDARD
-        self.cfg = model_config(setting.llm, mode, variant, video_chunk_size=setting.video_chunk_size)
-        self.model = LlavaMini(self.cfg, dtype=self.dtype, param_dtype=self.dtype)
+        self.cfg = model_config(setting.llm, mode, variant)
+        self.model = LlavaMini(self.cfg, dtype=self.dtype, param_dtype=self.dtype,
+                               video_chunk_size=setting.video_chunk_size)
         self.params = random_params_on_device(self.model, std=setting.weight_std)
         v = self.cfg.vision
         pool = np.random.default_rng(0).standard_normal((POOL, v.num_channels, v.image_size, v.image_size))
@@ -153,7 +150,8 @@ class Point:
         return lambda: run(self.params, self.ids, video)
 
     def streamed(self, frames: int):
-        """Frames from the host a chunk at a time, then a chunked LLM prefill. Returns last logits."""
+        """Frames from the host a chunk at a time, then the library's chunked LLM prefill
+        (`generate.chunked_prefill`). Returns last logits."""
         model, cfg, dtype, s = self.model, self.cfg, self.dtype, self.setting
         chunk, step = s.video_chunk_size, s.prefill_chunk
         chunks = [(i, min(chunk, frames - i)) for i in range(0, frames, chunk)]  # (first frame, frames)
@@ -164,32 +162,20 @@ class Point:
                                   self.params, self.ids, jax.ShapeDtypeStruct((1, n, 1) + self.pool.shape[1:], dtype))
                   for n in sizes}
         length = s.prompt_tokens + frames * cfg.tokens_per_frame
-        padded = -(-length // step) * step
-        slots = padded + 1
+        slots = -(-length // step) * step + 1
         d = cfg.llm.hidden_size
 
         def join(ids, tokens, text):
-            embeds, mask, _ = splice(text, tokens, ids, jnp.ones(ids.shape, jnp.int32))
-            return jnp.pad(embeds, [(0, 0), (0, padded - embeds.shape[1]), (0, 0)])
+            return splice(text, tokens, ids, jnp.ones(ids.shape, jnp.int32))[0]
 
-        def prefill_chunk(p, embeds, start, cache):
-            embeds = jax.lax.dynamic_slice_in_dim(embeds, start, step, axis=1)  # one program for every chunk
-            positions = (start + jnp.arange(step, dtype=jnp.int32))[None]
-            mask = (jnp.arange(cache["k"].shape[2])[None, :] <= positions[0][:, None])[None, None]
-            h, cache = model.apply({"params": p}, embeds, positions, mask, cache, jnp.full((1,), start, jnp.int32),
-                                   method=lambda m, *a: m.llm.decoder(*a))
-            return h, cache
-
-        def logits(p, h):
-            return model.apply({"params": p}, h, method=lambda m, x: m.llm.logits(x))[:, 0]
+        def prefill(p, embeds, cache):  # the library's chunked prefill: `step x S` attention scores
+            return chunked_prefill(model, p, embeds, jnp.ones(embeds.shape[:2], bool), cache, step)[0]
 
         sds = jax.ShapeDtypeStruct
         tokens_shape = sds((1, frames * cfg.tokens_per_frame, d), dtype)
         join_c = self.compile(join, self.ids, tokens_shape, sds((1, self.ids.shape[1], d), dtype))
         cache_shape = jax.eval_shape(lambda: init_kv_cache(cfg, 1, slots, dtype))
-        chunk_c = self.compile(prefill_chunk, self.params, sds((1, padded, d), dtype), sds((), jnp.int32),
-                               cache_shape, donate=(3,))
-        logits_c = self.compile(logits, self.params, sds((1, 1, d), dtype))
+        prefill_c = self.compile(prefill, self.params, sds((1, length, d), dtype), cache_shape, donate=(2,))
 
         def run():
             pieces, text_sum = [], None
@@ -202,14 +188,7 @@ class Point:
             del pieces
             embeds = join_c(self.ids, tokens, (text_sum / frames).astype(dtype))
             del tokens, text_sum
-            cache = init_kv_cache(cfg, 1, slots, dtype)
-            last = length - 1
-            h_last = None
-            for start in range(0, padded, step):
-                h, cache = chunk_c(self.params, embeds, jnp.int32(start), cache)
-                if start <= last < start + step:
-                    h_last = h[:, last - start:last - start + 1]
-            return logits_c(self.params, h_last)
+            return prefill_c(self.params, embeds, init_kv_cache(cfg, 1, slots, dtype))
         return run
 
     def measure(self, strategy: str, frames: int) -> tuple[dict, Optional[np.ndarray]]:
@@ -248,10 +227,10 @@ class Point:
 # -- running the points ----------------------------------------------------------------------------------------
 def point_in_subprocess(setting: Setting, mode: str, strategy: str, frames: int) -> dict:
     """One point in a fresh process, so its device peak is its own."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--point", f"{mode}:{strategy}:{frames}", "--llm", setting.llm,
+    cmd = [sys.executable, "-m", "benchmarks.video_memory", "--point", f"{mode}:{strategy}:{frames}", "--llm", setting.llm,
            "--video-chunk-size", str(setting.video_chunk_size), "--prefill-chunk", str(setting.prefill_chunk),
            "--budget-gib", str(setting.budget_gib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])

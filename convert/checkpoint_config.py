@@ -1,11 +1,11 @@
 """Reading a checkpoint's `config.json` for conversion: model type check and the vision config."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
-from llava_mini_jax.config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, LlavaMiniConfig
+from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
+from llava_mini_jax.loading import find_vision_tower, read_json
 
 SUPPORTED_MODEL_TYPES = ("llava_mini_llama", "llava_llama")
 
@@ -14,17 +14,7 @@ def read_config(directory: str) -> dict:
     """`directory/config.json` as a dict (FileNotFoundError / ValueError naming the file)."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return d
+    return read_json(os.path.join(directory, "config.json"))
 
 
 def check_model_type(config: dict, path: str) -> None:
@@ -35,41 +25,17 @@ def check_model_type(config: dict, path: str) -> None:
                          f"{list(SUPPORTED_MODEL_TYPES)}")
 
 
-def vision_section(clip_config: dict) -> dict:
-    """The vision part of a CLIP `config.json` (a `CLIPModel` config holds it under `vision_config`)."""
-    if isinstance(clip_config.get("vision_config"), dict):
-        return dict(clip_config["vision_config"])
-    return dict(clip_config)
-
-
 def resolve_vision(config: dict, directory: str, override: Optional[str] = None
                    ) -> tuple[ClipVisionConfig, dict, Optional[str]]:
-    """`(vision config, its dict for config.json, local tower directory or None)`.
-
-    Order (as `load_pretrained`, library decision D12): `override` (a CLIP directory), a
-    `vision_config` entry, `mm_vision_tower` as a directory relative to `directory` or absolute,
-    the built-in config of a known hub id.
-    """
-    if override is not None:
-        if not os.path.isdir(override):
-            raise FileNotFoundError(f"vision tower directory {override} does not exist")
-        d = vision_section(read_config(override))
-        return ClipVisionConfig.from_hf_dict(d), d, override
-    if isinstance(config.get("vision_config"), dict):
-        d = dict(config["vision_config"])
-        return ClipVisionConfig.from_hf_dict(d), d, None
-    name = config.get("mm_vision_tower") or config.get("vision_tower")
-    if not name:
-        raise ValueError(f"{directory}/config.json has no mm_vision_tower and no vision_config")
-    for candidate in (os.path.join(directory, name), name):
-        if os.path.isdir(candidate):
-            d = vision_section(read_config(candidate))
-            return ClipVisionConfig.from_hf_dict(d), d, candidate
-    if name in BUILTIN_VISION_CONFIGS:
-        v = BUILTIN_VISION_CONFIGS[name]
-        return v, v.to_hf_dict(), None
-    raise FileNotFoundError(f"mm_vision_tower={name!r} is neither a directory (relative to {directory} or absolute) "
-                            f"nor a built-in hub id ({sorted(BUILTIN_VISION_CONFIGS)}); pass --vision-tower DIR")
+    """`(vision config, its dict for config.json, local tower directory or None)`, resolved as
+    `load_pretrained` does (`loading.find_vision_tower`); `override` is a CLIP directory."""
+    try:
+        d, tower = find_vision_tower(config, directory, override)
+    except FileNotFoundError as e:
+        if override is None and "mm_vision_tower=" in str(e):
+            raise FileNotFoundError(f"{e}; pass --vision-tower DIR") from None
+        raise
+    return ClipVisionConfig.from_hf_dict(d), d, tower
 
 
 def model_config(config: dict, vision: ClipVisionConfig, **overrides) -> LlavaMiniConfig:

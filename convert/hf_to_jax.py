@@ -66,9 +66,9 @@ def convert_hf_to_jax(src: str, out: str, dtype: Optional[str] = None, overwrite
     config = read_config(src)
     check_model_type(config, src)
     vision, vision_dict, tower_dir = resolve_vision(config, src, vision_tower)
-    cfg = model_config(config, vision, scan_layers=scan_layers)
-    shapes = leaf_shapes(cfg)
-    expected = expected_tensors(cfg, shapes)
+    cfg = model_config(config, vision)
+    shapes = leaf_shapes(cfg, scan_layers)
+    expected = expected_tensors(cfg, shapes, scan_layers)
     source = gather_source(src, expected, tower_dir, allow_pickle)
     try:
         check_source(source, expected, src)

@@ -12,8 +12,9 @@ The LLM (`LlamaForCausalLM`: `model.*`, `lm_head.weight`) and the CLIP vision to
 `model.vision_tower.vision_tower.*`) are copied bit for bit; the projector comes from
 `--projector` (a stage-1 `mm_projector.bin` / safetensors with `model.mm_projector.*` keys) or is
 fresh; the compressor and the pre-fusion layers are fresh (`--baseline`, LLaVA-v1.5 for stage-1
-training, has neither). Fresh parts follow the reference's training recipe (`fresh_init`), in the
-LLM's dtype unless `--dtype`.
+training, has neither). Fresh parts follow the reference's training recipe (the table in
+`llava_mini_jax.initializers`, which the model's own initialisers use too), in the LLM's dtype
+unless `--dtype`.
 
 Output (`--format hf`, the default): an HF LLaVA-Mini directory (safetensors, `config.json` in
 the transformers-4.x form the reference reads, `mm_vision_tower` = `--vision-tower-name`, default
@@ -35,10 +36,11 @@ import numpy as np
 
 from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
 from llava_mini_jax.jax_checkpoint import PARAMS_DIR
+from llava_mini_jax.initializers import fan_in_of, fresh_tensor, hf_rule
+from llava_mini_jax.loading import vision_section
 
-from .checkpoint_config import legacy_llm_config, read_config, vision_section
+from .checkpoint_config import legacy_llm_config, read_config
 from .dtypes import DTYPES, parse_dtype
-from .fresh_init import fan_in_of, fresh_tensor, rule_for
 from .hf_writer import parse_size, write_config, write_hf_weights
 from .layout import check_source, expected_tensors, leaf_shapes
 from .params_sink import write_params
@@ -101,7 +103,7 @@ def add_fresh_parts(source: TensorSource, expected: dict, dtype: np.dtype, seed:
     shapes = {n: e.shape for n, e in expected.items()}
     added = []
     for name, e in expected.items():
-        if name in source or rule_for(name) is None:
+        if name in source or hf_rule(name) is None:
             continue
         fan_in = fan_in_of(name, shapes)
         make = lambda name=name, e=e, fan_in=fan_in: fresh_tensor(name, e.shape, fan_in, seed).astype(dtype)  # noqa: E731

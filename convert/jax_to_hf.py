@@ -119,9 +119,7 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
     reader = ParamsReader(os.path.join(src, PARAMS_DIR))
     cfg = model_config(config, vision)
     view = HFView(reader, cfg)  # detects the stored layer layout; raises on missing / unknown leaves
-    if view.scan_layers != cfg.scan_layers:
-        cfg = model_config(config, vision, scan_layers=view.scan_layers)
-    stored = check_stored_shapes(reader, leaf_shapes(cfg), src)
+    stored = check_stored_shapes(reader, leaf_shapes(cfg, view.scan_layers), src)
     specs = tensor_specs(view, stored, parse_dtype(dtype))
     want = {name: (shape, dt) for name, shape, dt in specs}
     with staged_output(out, overwrite) as tmp:

@@ -33,10 +33,10 @@ class Expected:
     shape: tuple[int, ...]
 
 
-def leaf_shapes(cfg: LlavaMiniConfig) -> dict[Path, tuple[int, ...]]:
-    """`{param path: shape}` of the model `cfg` describes (in `cfg.scan_layers` layout)."""
+def leaf_shapes(cfg: LlavaMiniConfig, scan_layers: bool = True) -> dict[Path, tuple[int, ...]]:
+    """`{param path: shape}` of the model `cfg` describes, in the `scan_layers` layout."""
     import jax
-    boxed = abstract_params(LlavaMini(cfg))
+    boxed = abstract_params(LlavaMini(cfg, scan_layers=scan_layers))
     flat = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
     return {tuple(k.key for k in path): tuple(x.shape) for path, x in flat}
 
@@ -48,10 +48,12 @@ def hf_shape(pl: Placement, shapes: dict[Path, tuple[int, ...]]) -> tuple[int, .
     return tuple(pl.rule.to_hf(parts).shape)
 
 
-def expected_tensors(cfg: LlavaMiniConfig, shapes: Optional[dict] = None) -> dict[str, Expected]:
-    """Every HF tensor of `cfg`, in `hf_order`, with its placement and shape."""
-    shapes = leaf_shapes(cfg) if shapes is None else shapes
-    pls = placements(cfg)
+def expected_tensors(cfg: LlavaMiniConfig, shapes: Optional[dict] = None,
+                     scan_layers: bool = True) -> dict[str, Expected]:
+    """Every HF tensor of `cfg`, in `hf_order`, with its placement and shape (`shapes`: the param
+    shapes in the `scan_layers` layout)."""
+    shapes = leaf_shapes(cfg, scan_layers) if shapes is None else shapes
+    pls = placements(cfg, scan_layers)
     by_name = {pl.hf_name: pl for pl in pls}
     return {n: Expected(by_name[n], hf_shape(by_name[n], shapes)) for n in hf_order(by_name)}
 

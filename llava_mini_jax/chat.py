@@ -99,7 +99,7 @@ class ChatSession:
         return None
 
     def eos_ids(self) -> list[int]:
-        eos = set(self.model.config.eos_token_ids)
+        eos = set(self.model.generation.eos_token_ids)
         if self.tokenizer.eos_id is not None:
             eos.add(self.tokenizer.eos_id)
         for s in stop_strings(self.template):

@@ -13,25 +13,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
+from . import initializers
+from .initializers import sincos_pos_embed
 from .interpolate import resize_grid_bicubic
 from .layers import dense, layer_norm
 
 Dtype = Any
-
-
-def sincos_pos_embed(dim: int, size: int) -> np.ndarray:
-    """`[size*size, dim]` float32; row `y*size + x` is `[sin(x w), cos(x w), sin(y w), cos(y w)]`
-    with `w_k = 10000^(-k / (dim/4))`, k < dim/4. The first half encodes the column x (SPEC Q16)."""
-    if dim % 4:
-        raise ValueError(f"sin-cos pos-embed width {dim} must be divisible by 4")
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
-    ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
-    x = xs.reshape(-1)[:, None] * omega[None]
-    y = ys.reshape(-1)[:, None] * omega[None]
-    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
 
 
 class Compressor(nn.Module):
@@ -59,7 +48,7 @@ class Compressor(nn.Module):
                              "'patch')")
         q_count, hd = self.size * self.size, d // self.num_heads
         names = ("queries", "vision_embed")
-        query = self.param("query", nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
+        query = self.param("query", nn.with_logical_partitioning(initializers.query(), names),
                            (q_count, d), self.param_dtype)
         table = sincos_pos_embed(d, self.size)
         pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
@@ -70,8 +59,7 @@ class Compressor(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         kv = layer_norm(self.eps, name="ln_kv", **kw)(x)
         q = layer_norm(self.eps, name="ln_q", **kw)(query)
-        bound = math.sqrt(6.0 / (4 * d))  # xavier-uniform of the packed [3d, d] in_proj
-        init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        init = initializers.packed_in_proj(d)  # the reference's packed [3d, d] in_proj, split in three
         heads = ("vision_embed", "vision_heads", "head_dim")
         proj = lambda name: dense((self.num_heads, hd), heads, use_bias=True, bias_names=heads[1:],  # noqa: E731
                                   kernel_init=init, name=name, **kw)

@@ -1,9 +1,10 @@
 """Frozen configuration dataclasses: CLIP vision tower, Llama decoder, and the LLaVA-Mini model.
 
 Each config reads and writes the Hugging Face `config.json` dictionaries of the PyTorch original
-(`from_hf_dict` / `to_hf_dict`), so a checkpoint directory converts both ways without loss. Runtime
-choices that do not change the numbers (scan over layers, remat, video chunk size) are fields of
-`LlavaMiniConfig` too, so `load_pretrained(path, scan_layers=False)` can override them.
+(`from_hf_dict` / `to_hf_dict`), so a checkpoint directory converts both ways without loss.
+`LlavaMiniConfig` is the architecture only (it keys compiled programs); runtime choices (scan over
+layers, remat, video chunk size) are fields of the `LlavaMini` module, and the generation settings
+a checkpoint carries (EOS and pad ids) are a `GenerationConfig`.
 """
 from __future__ import annotations
 
@@ -227,12 +228,8 @@ class LlavaMiniConfig:
     heads. `max_length` is the reference's `tokenizer_model_max_length` (spliced sequences are cut to
     it; None = no cut).
 
-    Generation defaults (from the checkpoint's `generation_config.json`, else `config.json`):
-    `eos_token_ids`, `pad_token_id`.
-
-    Runtime (no effect on the numbers): `scan_layers` stacks decoder/CLIP layers under a leading
-    `layers` axis and runs them with `nn.scan`; `remat_policy` is `none`, `full` or `dots` (save
-    matmul outputs); `video_chunk_size` frames go through CLIP, compressor and pre-fusion together.
+    Runtime settings (`scan_layers`, `remat_policy`, `video_chunk_size`) are fields of the
+    `LlavaMini` module and generation settings a `GenerationConfig`: neither is part of this config.
     """
 
     llm: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
@@ -248,14 +245,8 @@ class LlavaMiniConfig:
     resolution_ratio: int = 1
     image_aspect_ratio: str = "pad"
     vision_tower: str = "openai/clip-vit-large-patch14-336"
-    scan_layers: bool = True
-    remat_policy: str = "none"
-    video_chunk_size: int = 16
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: Optional[int] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
         if self.mode not in (MINI, BASELINE):
             raise ValueError(f"mode={self.mode!r}: expected {MINI!r} (LLaVA-Mini) or {BASELINE!r} (LLaVA-v1.5)")
         if self.vision_select_feature not in ("patch", "cls_patch"):
@@ -276,10 +267,6 @@ class LlavaMiniConfig:
                     self.vision.hidden_size:
                 raise ValueError(f"compressor width {self.vision.hidden_size} must be divisible by "
                                  f"{self.compressor_heads} heads and by 4 (sin-cos pos-embed)")
-        if self.remat_policy not in ("none", "full", "dots"):
-            raise ValueError(f"remat_policy={self.remat_policy!r}: expected 'none', 'full' or 'dots'")
-        if self.video_chunk_size < 1:
-            raise ValueError(f"video_chunk_size={self.video_chunk_size}: expected >= 1")
 
     @property
     def is_mini(self) -> bool:
@@ -329,9 +316,6 @@ class LlavaMiniConfig:
             image_aspect_ratio=d.get("image_aspect_ratio", "square") or "square",
             vision_tower=d.get("mm_vision_tower", ""),
         )
-        eos = d.get("eos_token_id")
-        kw.update(eos_token_ids=() if eos is None else tuple(eos if isinstance(eos, (list, tuple)) else [eos]),
-                  pad_token_id=d.get("pad_token_id"))
         if mini:
             kw.update(compressor_size=d["compressor_size"], prefusion_layers=d.get("prefusion_layer_num", 4))
         if d.get("tokenizer_padding_side", "right") != "right":
@@ -360,11 +344,44 @@ class LlavaMiniConfig:
             "tokenizer_padding_side": "right",
             "vision_config": self.vision.to_hf_dict(),
         })
-        if self.eos_token_ids:
-            d["eos_token_id"] = self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
         if self.is_mini:
             d.update(compressor_size=self.compressor_size, prefusion_layer_num=self.prefusion_layers,
                      resolution_ratio=self.resolution_ratio)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """What a checkpoint says about generating: `eos_token_ids` (a row ends at any of them) and
+    `pad_token_id` (what fills a finished row; None: the LLM's pad id, else 0). Read from
+    `generation_config.json`, else `config.json` (as HF `generate`); not part of the model config,
+    so changing it never recompiles."""
+
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "GenerationConfig":
+        """From a `generation_config.json` or `config.json` dict (`eos_token_id`: an id or a list)."""
+        eos = d.get("eos_token_id")
+        return cls(eos_token_ids=() if eos is None else tuple(eos if isinstance(eos, (list, tuple)) else [eos]),
+                   pad_token_id=d.get("pad_token_id"))
+
+    def add_to(self, hf_config: dict) -> dict:
+        """`hf_config` (a `config.json` dict) with these settings where it has none (its own
+        `pad_token_id`, the LLM's, stays)."""
+        return {**hf_config, **{k: v for k, v in self.to_hf_dict().items() if hf_config.get(k) is None}}
+
+    def to_hf_dict(self) -> dict:
+        """The `eos_token_id` / `pad_token_id` entries (for `generation_config.json` or `config.json`)."""
+        d: dict[str, Any] = {}
+        if self.eos_token_ids:
+            d["eos_token_id"] = self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
+        if self.pad_token_id is not None:
+            d["pad_token_id"] = self.pad_token_id
         return d
 
 

@@ -23,7 +23,7 @@ def real_size_config(llm: LlamaConfig = VICUNA_7B, mode: str = "mini", compresso
     """CLIP-L/336 + `llm`, mlp2x_gelu projector, select -2 `patch`, 4 pre-fusion layers (the paper's setup)."""
     return LlavaMiniConfig(llm=llm, vision=ClipVisionConfig(), mode=mode, projector_type="mlp2x_gelu",
                            vision_select_layer=-2, compressor_size=compressor_size, prefusion_layers=4,
-                           resolution_ratio=resolution_ratio, pad_token_id=llm.pad_token_id, **overrides)
+                           resolution_ratio=resolution_ratio, **overrides)
 
 
 def llama_layer_flops(c: LlamaConfig, tokens: int, keys: int, causal: bool = False) -> float:

@@ -135,7 +135,8 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
     - `temperature == 0`: greedy; otherwise sampling with optional `top_k`, then `top_p`.
     - `eos_token_ids`: a row that emits one of them gets `pad_token_id` afterwards (the EOS itself
       is kept); generation stops early when every row has finished. None reads the checkpoint's
-      generation config (`model.config.eos_token_ids`). `pad_token_id` None -> config's, else 0.
+      generation settings (`model.generation`, a `GenerationConfig` that keys no compile).
+      `pad_token_id` None -> `model.generation.pad_token_id`, else 0.
     - `rng`: a `jax.random` key or an int seed (same seed, same samples).
     - `stream(tokens)`: called after every step with that step's `[B]` tokens (numpy).
     - `prefill_chunk`: spliced prompts longer than this prefill in chunks (attention memory `chunk
@@ -149,10 +150,10 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
         raise ValueError(f"top_k={top_k}: expected >= 1")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p}: expected 0 < top_p <= 1")
-    cfg = model.config
-    eos = tuple(cfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    cfg, gen = model.config, model.generation
+    eos = tuple(gen.eos_token_ids if eos_token_ids is None else eos_token_ids)
     if pad_token_id is None:
-        pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        pad_token_id = gen.pad_token_id if gen.pad_token_id is not None else 0
 
     ids = np.asarray(input_ids).astype(np.int32)
     if ids.ndim == 1:

@@ -199,9 +199,10 @@ class Placement:
     layer: Optional[int]
 
 
-def placements(cfg: LlavaMiniConfig, scan_layers: Optional[bool] = None) -> list[Placement]:
-    """Every HF tensor name with its destination, expanded over layers."""
-    scan = cfg.scan_layers if scan_layers is None else scan_layers
+def placements(cfg: LlavaMiniConfig, scan_layers: bool = True) -> list[Placement]:
+    """Every HF tensor name with its destination, expanded over layers: stacked under `layers`
+    (`scan_layers=True`, a `LlavaMini(scan_layers=True)` params tree) or one `layers_{i}` each."""
+    scan = scan_layers
     out = []
     for r in weight_rules(cfg):
         if r.stack is None:
@@ -215,6 +216,11 @@ def placements(cfg: LlavaMiniConfig, scan_layers: Optional[bool] = None) -> list
                 leaves = tuple(r.stack + (f"layers_{i}",) + p for p in r.paths)
                 out.append(Placement(r.hf_name.format(i=i), r, leaves, None))
     return out
+
+
+def is_scanned(tree: dict) -> bool:
+    """True when a params tree (or a tree of shapes) stacks its layers under `layers` keys."""
+    return any(k == "layers" or (isinstance(v, dict) and is_scanned(v)) for k, v in tree.items())
 
 
 def _get(tree: dict, path: Path):
@@ -234,10 +240,11 @@ def hf_to_params(read: Callable[[str], np.ndarray], cfg: LlavaMiniConfig, shapes
     """Builds the nested params dict (numpy) from `read(hf_name) -> array`, one tensor at a time.
 
     `shapes` is the params tree of expected shapes (e.g. from `jax.eval_shape(model.init)`);
-    every tensor is checked against it. Stacked leaves are allocated once and filled per layer.
+    every tensor is checked against it, and its layer layout is the one built (unless
+    `scan_layers` says). Stacked leaves are allocated once and filled per layer.
     """
     params: dict = {}
-    for pl in placements(cfg, scan_layers):
+    for pl in placements(cfg, is_scanned(shapes) if scan_layers is None else scan_layers):
         src = read(pl.hf_name)
         hint = "(does config.json match the weights?)"
         try:
@@ -264,8 +271,9 @@ def hf_to_params(read: Callable[[str], np.ndarray], cfg: LlavaMiniConfig, shapes
 
 
 def params_to_hf(params: dict, cfg: LlavaMiniConfig, scan_layers: Optional[bool] = None) -> Iterator[tuple]:
-    """Yields `(hf_name, numpy array)` one tensor at a time (reference names and layouts)."""
-    for pl in placements(cfg, scan_layers):
+    """Yields `(hf_name, numpy array)` one tensor at a time (reference names and layouts); the
+    layer layout is read from `params` unless `scan_layers` says."""
+    for pl in placements(cfg, is_scanned(params) if scan_layers is None else scan_layers):
         parts = []
         for leaf in pl.leaves:
             a = _get(params, leaf)

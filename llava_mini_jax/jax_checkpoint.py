@@ -14,9 +14,13 @@ A JAX checkpoint directory (written by `convert.hf_to_jax` or `convert.init_from
 `params/` is exactly what orbax's `PyTreeCheckpointHandler(use_ocdbt=False)` writes, so
 `ocp.PyTreeCheckpointer().restore(OUT / "params")` and `ocp.StandardCheckpointer().restore(...)`
 read it; `ParamsWriter` writes it one array (or one layer slice of a stacked array) at a time, so
-the whole model is never in memory. `ParamsReader` reads single leaves and layer slices of this
-layout and of orbax's default OCDBT layout (a training `CheckpointManager`'s params item).
-`restore_params` (called by `load_pretrained`) restores straight into shardings.
+the whole model is never in memory. Orbax's public API saves a tree of arrays that are all in
+memory at once, so the writer keeps its own leaf-by-leaf path and writes the two metadata files
+orbax 0.12 writes; `setup.cfg` bounds `orbax-checkpoint` (and `flax`) to `<0.13`, the versions
+whose metadata it mimics (`tests/test_jax_checkpoint.py` restores it with orbax itself). `ParamsReader` reads single leaves and layer slices of this
+layout and of orbax's default OCDBT layout (a training `CheckpointManager`'s params item);
+`HFView` reads them under the reference's tensor names. This module is the on-disk format only:
+restoring into a model's shardings is `loading.restore_params`.
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
 from typing import Iterable, Optional
 
 import numpy as np
@@ -231,78 +234,3 @@ class HFView:
     def read(self, hf_name: str) -> np.ndarray:
         pl = self.placements[hf_name]
         return pl.rule.to_hf(tuple(self.reader.read(leaf, pl.layer) for leaf in pl.leaves))
-
-
-def _flatten(tree, prefix: Path = ()) -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (str(k),)))
-        else:
-            out[prefix + (str(k),)] = v
-    return out
-
-
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
-def _target_shardings(boxed, mesh, shardings):
-    """Params-shaped dict of shardings: as given, from the logical rules over `mesh`, or device 0."""
-    import jax
-    from flax import linen as nn
-    if shardings is not None:
-        return shardings
-    if mesh is not None:
-        from .sharding import logical_shardings
-        return logical_shardings(boxed, mesh)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda _: device, nn.unbox(boxed))
-
-
-def restore_params(path, cfg, boxed, dtype, mesh=None, shardings=None) -> dict:
-    """Params of `path/params` as jax arrays of `dtype`, each leaf placed straight into its sharding.
-
-    `boxed` is the model's abstract (logically partitioned) params tree. Shardings: `shardings`
-    (a params-shaped tree) as given, else derived from `mesh` by `sharding.LOGICAL_AXIS_RULES`,
-    else the default device. Each device reads only its slice from disk. A checkpoint stored in
-    the other layer layout (scanned vs `scan_layers=False`) is restacked on the host (the whole
-    model passes through host memory once).
-    """
-    import orbax.checkpoint as ocp
-    from flax import linen as nn
-    pdir = os.path.join(os.fspath(path), PARAMS_DIR)
-    reader = ParamsReader(pdir)
-    want = _flatten(nn.unbox(boxed))
-    target = _flatten(_target_shardings(boxed, mesh, shardings))
-    if set(reader.paths) != set(want):
-        return _restore_other_layout(reader, cfg, want, target, dtype)
-    for p, sds in want.items():
-        shape, _ = reader.shape_dtype(p)
-        if shape != tuple(sds.shape):
-            raise ValueError(f"{pdir}: param {leaf_name(p)} has shape {shape}, but config.json gives "
-                             f"{tuple(sds.shape)} "
-                             "(does config.json match the params?)")
-    args = _unflatten({p: ocp.ArrayRestoreArgs(sharding=target[p], dtype=dtype, global_shape=tuple(want[p].shape))
-                       for p in want})
-    log.info("restoring %d params from %s", len(want), pdir)
-    return ocp.PyTreeCheckpointer().restore(pdir, args=ocp.args.PyTreeRestore(restore_args=args))
-
-
-def _restore_other_layout(reader: ParamsReader, cfg, want: dict, target: dict, dtype) -> dict:
-    """Restacks (or unstacks) a checkpoint whose layer layout differs from the model's."""
-    import jax.numpy as jnp
-    from .hf_weights import hf_to_params
-    from .loading import place_with_shardings
-    view = HFView(reader, cfg)  # raises when the leaves fit neither layout
-    log.info("%s stores scan_layers=%s; converting to the model's layout on the host", reader.directory,
-             view.scan_layers)
-    shapes = _unflatten({p: tuple(s.shape) for p, s in want.items()})
-    params = hf_to_params(view.read, cfg, shapes, dtype=np.dtype(jnp.dtype(dtype)))
-    return place_with_shardings(params, _unflatten(target), dtype)

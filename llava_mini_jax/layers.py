@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .initializers import hf_default
+
 Dtype = Any
 Names = Sequence[Optional[str]]
 
-default_kernel_init = nn.initializers.normal(stddev=0.02)  # HF `_init_weights` (initializer_range 0.02)
+default_kernel_init = hf_default()  # HF `_init_weights` (initializer_range 0.02)
 
 
 def dense(features, names: Names, *, axis=-1, use_bias=False, bias_names: Optional[Names] = None,

@@ -10,11 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
 
-from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, LlavaMiniConfig
+from . import jax_checkpoint
+from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, GenerationConfig, LlavaMiniConfig
 from .hf_weights import CLIP_PREFIX, hf_to_params, placements
 from .model import LlavaMini
 from .safetensors_io import CheckpointReader
+from .sharding import check_divisible, logical_shardings, place_with_shardings
 
 log = logging.getLogger(__name__)
 
@@ -23,30 +26,58 @@ _IGNORED_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
 
 
 def read_json(path: str) -> dict:
-    if not os.path.exists(path):
+    """A JSON object file as a dict (FileNotFoundError / ValueError naming the file)."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return d
 
 
-def resolve_vision_tower(hf_config: dict, checkpoint_dir: str) -> tuple[ClipVisionConfig, Optional[str]]:
-    """The CLIP config and, when local, the tower's directory (library decision D12).
+def vision_section(clip_config: dict) -> dict:
+    """The vision part of a CLIP `config.json` (a `CLIPModel` config holds it under `vision_config`)."""
+    if isinstance(clip_config.get("vision_config"), dict):
+        return dict(clip_config["vision_config"])
+    return dict(clip_config)
 
-    Order: a `vision_config` entry (our converted checkpoints); `mm_vision_tower` as a directory
-    relative to the checkpoint directory, or absolute; the built-in config of a known hub id.
+
+def find_vision_tower(hf_config: dict, checkpoint_dir: str, override: Optional[str] = None
+                      ) -> tuple[dict, Optional[str]]:
+    """`(the CLIP vision config as an HF dict, the tower's local directory or None)` (library
+    decision D12).
+
+    Order: `override` (a CLIP directory); a `vision_config` entry (our converted checkpoints);
+    `mm_vision_tower` as a directory relative to the checkpoint directory, or absolute; the
+    built-in config of a known hub id.
     """
+    if override is not None:
+        if not os.path.isdir(override):
+            raise FileNotFoundError(f"vision tower directory {override} does not exist")
+        return vision_section(read_json(os.path.join(override, "config.json"))), override
     if isinstance(hf_config.get("vision_config"), dict):
-        return ClipVisionConfig.from_hf_dict(hf_config["vision_config"]), None
+        return dict(hf_config["vision_config"]), None
     name = hf_config.get("mm_vision_tower") or hf_config.get("vision_tower")
     if not name:
         raise ValueError(f"{checkpoint_dir}/config.json has no mm_vision_tower and no vision_config")
     for candidate in (os.path.join(checkpoint_dir, name), name):
         if os.path.isdir(candidate):
-            return ClipVisionConfig.from_hf_dict(read_json(os.path.join(candidate, "config.json"))), candidate
+            return vision_section(read_json(os.path.join(candidate, "config.json"))), candidate
     if name in BUILTIN_VISION_CONFIGS:
-        return BUILTIN_VISION_CONFIGS[name], None
+        return BUILTIN_VISION_CONFIGS[name].to_hf_dict(), None
     raise FileNotFoundError(f"mm_vision_tower={name!r} is neither a directory (relative to {checkpoint_dir} or "
                             f"absolute) nor a built-in hub id ({sorted(BUILTIN_VISION_CONFIGS)})")
+
+
+def resolve_vision_tower(hf_config: dict, checkpoint_dir: str, override: Optional[str] = None
+                         ) -> tuple[ClipVisionConfig, Optional[str]]:
+    """`(ClipVisionConfig, local tower directory or None)`: `find_vision_tower` parsed."""
+    d, tower = find_vision_tower(hf_config, checkpoint_dir, override)
+    return ClipVisionConfig.from_hf_dict(d), tower
 
 
 def load_config(path: str, **overrides) -> tuple[LlavaMiniConfig, dict]:
@@ -56,20 +87,16 @@ def load_config(path: str, **overrides) -> tuple[LlavaMiniConfig, dict]:
     return LlavaMiniConfig.from_hf_dict(hf, vision, **overrides), hf
 
 
-def generation_defaults(path: str) -> dict:
-    """`eos_token_ids` / `pad_token_id` from `generation_config.json` when present (it wins over
-    config.json, as in HF `generate`)."""
+def load_generation_config(path: str, hf_config: Optional[dict] = None) -> GenerationConfig:
+    """The checkpoint's `GenerationConfig`: `config.json`'s `eos_token_id` / `pad_token_id`, each
+    replaced by `generation_config.json`'s when that file sets it (as HF `generate`)."""
+    hf = read_json(os.path.join(path, "config.json")) if hf_config is None else hf_config
+    d = {k: hf.get(k) for k in ("eos_token_id", "pad_token_id")}
     gpath = os.path.join(path, "generation_config.json")
-    if not os.path.exists(gpath):
-        return {}
-    g = read_json(gpath)
-    out = {}
-    eos = g.get("eos_token_id")
-    if eos is not None:
-        out["eos_token_ids"] = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
-    if g.get("pad_token_id") is not None:
-        out["pad_token_id"] = g["pad_token_id"]
-    return out
+    if os.path.exists(gpath):
+        g = read_json(gpath)
+        d.update({k: g[k] for k in d if g.get(k) is not None})
+    return GenerationConfig.from_hf_dict(d)
 
 
 def dummy_inputs(cfg: LlavaMiniConfig) -> dict:
@@ -87,6 +114,13 @@ def abstract_params(model: LlavaMini) -> Any:
 def init_params(model: LlavaMini, rng) -> dict:
     """Fresh params (plain arrays) with the module initialisers."""
     return nn.unbox(model.init(rng, **dummy_inputs(model.config))["params"])
+
+
+def param_init_fn(model: LlavaMini, shardings=None):
+    """`init_params` as one jitted `rng -> params` whose outputs are placed in `shardings` (a
+    params-shaped tree; None: the default device), so no device ever holds the whole model.
+    Keep the returned function to reuse its compile."""
+    return jax.jit(lambda rng: init_params(model, rng), out_shardings=shardings)
 
 
 def _shape_tree(boxed) -> dict:
@@ -140,26 +174,57 @@ def read_hf_params(path: str, cfg: LlavaMiniConfig, shapes: dict, dtype, tower_d
         reader.close()
 
 
-def _place(params: dict, boxed, dtype, mesh) -> dict:
-    """numpy params -> device arrays of `dtype`, sharded by the logical rules when `mesh` is given."""
-    if mesh is None:
-        return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-    from .sharding import check_divisible, logical_shardings
-    check_divisible(boxed, mesh)
-    shardings = logical_shardings(boxed, mesh)
-    return place_with_shardings(params, shardings, dtype)
+def target_shardings(boxed, mesh=None, shardings=None):
+    """Params-shaped tree of shardings: `shardings` as given, else from the logical rules over
+    `mesh` (checking that every sharded dimension divides), else the default device."""
+    if shardings is not None:
+        return shardings
+    if mesh is not None:
+        check_divisible(boxed, mesh)
+        return logical_shardings(boxed, mesh)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, nn.unbox(boxed))
 
 
-def place_with_shardings(params: dict, shardings, dtype) -> dict:
-    """Each leaf straight into its sharding (each device receives only its slice)."""
-    def put(a, s):
-        a = np.asarray(a).astype(dtype)
-        return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
-    return jax.tree.map(put, params, shardings)
+def restore_params(path: str, cfg: LlavaMiniConfig, boxed, dtype, shardings) -> dict:
+    """Params of a JAX checkpoint directory (`path/params`, see `jax_checkpoint`) as jax arrays of
+    `dtype`, each leaf read straight into its sharding (each device reads only its slice).
+
+    `boxed` is the model's abstract (logically partitioned) params tree, `shardings` a tree of the
+    same structure. A checkpoint stored in the other layer layout (scanned vs `scan_layers=False`)
+    is restacked on the host (the whole model passes through host memory once).
+    """
+    import orbax.checkpoint as ocp
+    pdir = os.path.join(os.fspath(path), jax_checkpoint.PARAMS_DIR)
+    reader = jax_checkpoint.ParamsReader(pdir)
+    want = traverse_util.flatten_dict(nn.unbox(boxed))
+    target = traverse_util.flatten_dict(shardings)
+    if set(reader.paths) != set(want):
+        return _restore_other_layout(reader, cfg, want, target, dtype)
+    for p, sds in want.items():
+        shape, _ = reader.shape_dtype(p)
+        if shape != tuple(sds.shape):
+            raise ValueError(f"{pdir}: param {jax_checkpoint.leaf_name(p)} has shape {shape}, but config.json "
+                             f"gives {tuple(sds.shape)} (does config.json match the params?)")
+    args = traverse_util.unflatten_dict({p: ocp.ArrayRestoreArgs(sharding=target[p], dtype=dtype,
+                                                                 global_shape=tuple(want[p].shape)) for p in want})
+    log.info("restoring %d params from %s", len(want), pdir)
+    return ocp.PyTreeCheckpointer().restore(pdir, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def _restore_other_layout(reader, cfg: LlavaMiniConfig, want: dict, target: dict, dtype) -> dict:
+    """Restacks (or unstacks) a checkpoint whose layer layout differs from the model's."""
+    view = jax_checkpoint.HFView(reader, cfg)  # raises when the leaves fit neither layout
+    log.info("%s stores scan_layers=%s; converting to the model's layout on the host", reader.directory,
+             view.scan_layers)
+    shapes = traverse_util.unflatten_dict({p: tuple(s.shape) for p, s in want.items()})
+    params = hf_to_params(view.read, cfg, shapes, dtype=np.dtype(jnp.dtype(dtype)))
+    return place_with_shardings(params, traverse_util.unflatten_dict(target), dtype)
 
 
 def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=None, *, mesh=None,
-                    shardings=None, **config_overrides) -> tuple[LlavaMini, dict]:
+                    shardings=None, scan_layers: bool = True, remat_policy: str = "none",
+                    video_chunk_size: int = 16, **config_overrides) -> tuple[LlavaMini, dict]:
     """Loads a checkpoint directory. Returns `(model, params)` for `model.apply({"params": params}, ...)`.
 
     - `path`: an HF LLaVA-Mini (`llava_mini_llama`) or LLaVA-v1.5 (`llava_llama`) directory
@@ -170,27 +235,29 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
     - `mesh`: a `jax.sharding.Mesh` with axes (`data`, `fsdp`, `tensor`): params are placed sharded
       by `sharding.LOGICAL_AXIS_RULES`, each device receiving only its slice. Or `shardings`: a
       params-shaped tree of `jax.sharding.Sharding`s to use as is.
-    - `config_overrides`: fields of `LlavaMiniConfig` (e.g. `scan_layers=False`, `remat_policy="full"`,
-      `video_chunk_size=64`).
+    - `scan_layers`, `remat_policy`, `video_chunk_size`: runtime fields of the `LlavaMini` module.
+    - `config_overrides`: fields of `LlavaMiniConfig` (e.g. `max_length=2048`).
 
-    Vision config: `vision_config` in config.json, else `mm_vision_tower` as a directory (relative
-    to `path` first, library decision D12), else the built-in config of its hub id. Vision weights
-    come from the checkpoint itself (`model.vision_tower.vision_tower.*`); when absent, from the
-    tower directory. Missing, unexpected or mis-shaped tensors raise ValueError listing them.
+    The model's `generation` (EOS / pad ids) comes from `generation_config.json`, else
+    `config.json` (`load_generation_config`). Vision config: `vision_config` in config.json, else
+    `mm_vision_tower` as a directory (relative to `path` first, library decision D12), else the
+    built-in config of its hub id. Vision weights come from the checkpoint itself
+    (`model.vision_tower.vision_tower.*`); when absent, from the tower directory. Missing,
+    unexpected or mis-shaped tensors raise ValueError listing them.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     hf = read_json(os.path.join(path, "config.json"))
     vision, tower_dir = resolve_vision_tower(hf, path)
-    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **{**generation_defaults(path), **config_overrides})
-    model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype)
+    cfg = LlavaMiniConfig.from_hf_dict(hf, vision, **config_overrides)
+    model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype, scan_layers=scan_layers,
+                      remat_policy=remat_policy, video_chunk_size=video_chunk_size,
+                      generation=load_generation_config(path, hf))
     boxed = abstract_params(model)
-    from . import jax_checkpoint  # local import: orbax is heavy
     if jax_checkpoint.is_jax_checkpoint(path):
-        params = jax_checkpoint.restore_params(path, cfg, boxed, dtype, mesh=mesh, shardings=shardings)
-        return model, params
+        return model, restore_params(path, cfg, boxed, dtype, target_shardings(boxed, mesh, shardings))
     params = read_hf_params(path, cfg, _shape_tree(boxed), np.dtype(jnp.dtype(dtype)), tower_dir)
-    if shardings is not None:
-        return model, place_with_shardings(params, shardings, dtype)
-    return model, _place(params, boxed, dtype, mesh)
+    if mesh is None and shardings is None:
+        return model, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    return model, place_with_shardings(params, target_shardings(boxed, mesh, shardings), dtype)

@@ -14,6 +14,7 @@ into raw text embeddings. Methods (STYLE: small, named for what they do): `encod
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ from flax import linen as nn
 
 from .clip import ClipVisionEncoder
 from .compressor import Compressor
-from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
+from .config import IMAGE_TOKEN_INDEX, GenerationConfig, LlavaMiniConfig
 from .llama import DecoderStack, LlamaLM, causal_mask
 from .loss import mean_cross_entropy
 from .prefusion import prefusion_attention, prefusion_positions, stitch_tiles, text_key_mask
@@ -90,23 +91,34 @@ def validate_inputs(input_ids, attention_mask, images) -> None:
 class LlavaMini(nn.Module):
     """The LLaVA-Mini model (or LLaVA-v1.5 with `config.mode="baseline"`).
 
-    `dtype` is the compute dtype, `param_dtype` the parameter dtype; logits, softmax statistics,
-    norms and the loss are float32 whatever they are.
+    `config` is the architecture. Runtime fields (no effect on the numbers, but each compiles its
+    own program): `dtype` the compute dtype and `param_dtype` the parameter dtype (logits, softmax
+    statistics, norms and the loss are float32 whatever they are); `scan_layers` stacks decoder and
+    CLIP layers under a leading `layers` axis and runs them with `nn.scan`; `remat_policy` is
+    `none`, `full` or `dots` (save matmul outputs); `video_chunk_size` frames go through CLIP,
+    compressor and pre-fusion together. `generation` (the checkpoint's EOS / pad ids, read by
+    `generate`) is excluded from equality and hashing, so it never keys a compiled program.
     """
 
     config: LlavaMiniConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    video_chunk_size: int = 16
+    generation: GenerationConfig = dataclasses.field(default=GenerationConfig(), compare=False, hash=False)
 
     def setup(self):
         cfg = self.config
+        if self.video_chunk_size < 1:
+            raise ValueError(f"video_chunk_size={self.video_chunk_size}: expected >= 1")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.vision_tower = ClipVisionEncoder(cfg.vision, cfg.scan_layers, **kw)
+        self.vision_tower = ClipVisionEncoder(cfg.vision, self.scan_layers, **kw)
         self.mm_projector = Projector(cfg.projector_type, cfg.llm.hidden_size, **kw)
-        self.llm = LlamaLM(cfg.llm, cfg.scan_layers, cfg.remat_policy, **kw)
+        self.llm = LlamaLM(cfg.llm, self.scan_layers, self.remat_policy, **kw)
         if cfg.is_mini:
             self.compressor = Compressor(cfg.vision.hidden_size, cfg.compressor_size, cfg.compressor_heads, **kw)
-            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, cfg.scan_layers, cfg.remat_policy, **kw)
+            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, self.scan_layers, self.remat_policy, **kw)
 
     # -- text -------------------------------------------------------------------------------------
     def embed_text(self, input_ids: jnp.ndarray) -> jnp.ndarray:
@@ -157,7 +169,7 @@ class LlavaMini(nn.Module):
         """video `[B, T, P, 3, H, W]` in chunks of `video_chunk_size` frames (all rows at once) ->
         `(tokens [B, T*Q, D], mean fused text [B, L, D] float32)`. Chunking changes nothing numerically."""
         b, t = video.shape[:2]
-        c = min(self.config.video_chunk_size, t)
+        c = min(self.video_chunk_size, t)
         chunks = -(-t // c)
         pad = chunks * c - t
         video = jnp.pad(video, [(0, 0), (0, pad)] + [(0, 0)] * (video.ndim - 2))
@@ -249,9 +261,7 @@ class LlavaMini(nn.Module):
         key_valid = jnp.zeros((b, size), bool).at[:, :t].set(mask)
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         h, cache = self.llm.decoder(embeds, positions, causal_mask(key_valid, t), cache, jnp.zeros((b,), jnp.int32))
-        last = jnp.maximum(mask.sum(axis=1) - 1, 0)
-        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
-        return self.llm.logits(h_last)[:, 0], cache
+        return self.last_token_logits(h, mask), cache
 
     def prefill_chunk(self, embeds, key_valid, cache, start):
         """One chunk of a long prefill: embeds `[B, c, D]` at positions/slots `start..start+c-1`,

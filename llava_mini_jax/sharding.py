@@ -17,6 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 MESH_AXES = ("data", "fsdp", "tensor")
+DATA_AXES = ("data", "fsdp")  # the axes batch rows are split over
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[object]], ...] = (
     # parameters
@@ -41,22 +42,30 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[object]], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> jax.sharding.Mesh:
-    """A mesh with axes (`data`, `fsdp`, `tensor`) of the given sizes; -1 takes the remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
+def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+    """Resolves a (`data`, `fsdp`, `tensor`) shape over `num_devices`: one size may be -1 (the
+    remaining devices). ValueError naming the sizes when it does not fit."""
+    shape = [int(s) for s in shape]
     if len(shape) != 3:
         raise ValueError(f"mesh shape {tuple(shape)}: expected 3 sizes for axes {MESH_AXES}")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(shape)}: at most one -1")
+    named = " ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape))
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, found {len(devices)}")
-    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        if num_devices % known:
+            raise ValueError(f"mesh {named}: the fixed sizes ({known}) do not divide the {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        named = " ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape))
+        raise ValueError(f"mesh {named} needs {int(np.prod(shape))} devices, found {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> jax.sharding.Mesh:
+    """A mesh with axes (`data`, `fsdp`, `tensor`) of the given sizes; -1 takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.sharding.Mesh(np.asarray(devices).reshape(mesh_shape(shape, len(devices))), MESH_AXES)
 
 
 def logical_shardings(boxed_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
@@ -85,7 +94,17 @@ def check_divisible(boxed_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULE
                                  f"(mesh {dict(mesh.shape)})")
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> jax.sharding.NamedSharding:
-    """Batch-major arrays: leading axis over (`data`, `fsdp`), the rest replicated."""
-    spec = jax.sharding.PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1)))
+def batch_sharding(mesh: jax.sharding.Mesh, batch_axis: int = 0) -> jax.sharding.NamedSharding:
+    """Batch-major arrays: axis `batch_axis` (the rows) over (`data`, `fsdp`), every other axis
+    replicated. `batch_axis=1` for micro-batched `[A, rows, ...]` training batches."""
+    spec = jax.sharding.PartitionSpec(*([None] * batch_axis), DATA_AXES)
     return jax.sharding.NamedSharding(mesh, spec)
+
+
+def place_with_shardings(params: dict, shardings, dtype) -> dict:
+    """Host arrays -> jax arrays of `dtype`, each leaf straight into its sharding (each device
+    receives only its slice). `shardings` is a tree of the same structure as `params`."""
+    def put(a, s):
+        a = np.asarray(a).astype(dtype)
+        return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
+    return jax.tree.map(put, params, shardings)

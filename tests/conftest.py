@@ -36,6 +36,20 @@ def fixture_model(name: str, **overrides):
     return load_pretrained(FIXTURES / name / "hf", dtype=jnp.float32, **overrides)
 
 
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A random tiny LLaVA-Mini in the HF layout (`llava_mini_jax.tiny`) with the vicuna fixture
+    tokenizer, CLIP's processor config and EOS 2: what the chat, CLI and eval tests talk to."""
+    from llava_mini_jax.config import GenerationConfig
+    from llava_mini_jax.tiny import random_checkpoint, tiny_config
+    cfg = tiny_config("mini", vocab_size=2000, max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0,
+                      vision_select_layer=-2, prefusion_layers=1)
+    return pathlib.Path(random_checkpoint(
+        tmp_path_factory.mktemp("tiny_hf") / "model", cfg, seed=0, generation=GenerationConfig((2,), 0),
+        tokenizer_dir=str(FIXTURES / "preprocess" / "tokenizers" / "vicuna"),
+        processor_config=str(FIXTURES / "std" / "hf" / "clip" / "preprocessor_config.json")))
+
+
 _JITTED: dict = {}
 
 

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli.main import main as cli_main
 from llava_mini_jax import IMAGE_TOKEN_INDEX
 from llava_mini_jax.chat import ChatSession, default_template
-from llava_mini_jax.cli import main as cli_main
 from llava_mini_jax.generate import generate
-from tiny_checkpoint import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+def ckpt(tiny_hf_checkpoint):
+    return tiny_hf_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_cli_chat_one_prompt_prints_the_answer(ckpt, image, capsys):
 
 def test_cli_chat_interactive_video(ckpt, tmp_path):
     video = write_video(tmp_path / "v.mkv", frames=6, fps=3)
-    r = subprocess.run([sys.executable, "-m", "llava_mini_jax.cli", "chat", "--model", str(ckpt), "--video",
+    r = subprocess.run([sys.executable, "-m", "cli", "chat", "--model", str(ckpt), "--video",
                         str(video), "--max-new-tokens", "3"], input="first?\nsecond?\n\n", capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

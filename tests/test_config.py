@@ -93,8 +93,8 @@ def test_fixture_values():
 
 def test_overrides_and_properties():
     raw = _fixture_config("std")
-    cfg = LlavaMiniConfig.from_hf_dict(raw, _fixture_vision("std"), scan_layers=False, remat_policy="dots")
-    assert not cfg.scan_layers and cfg.remat_policy == "dots"
+    cfg = LlavaMiniConfig.from_hf_dict(raw, _fixture_vision("std"), max_length=7)
+    assert cfg.max_length == 7 and not hasattr(cfg, "scan_layers")  # runtime fields live on the module
     for select, used in ((-1, 3), (-2, 2), (-4, 0), (0, 0), (3, 3)):
         assert dataclasses.replace(cfg, vision_select_layer=select).num_vision_layers_used == used
     base = dataclasses.replace(cfg, mode="baseline", vision_select_feature="cls_patch")
@@ -130,8 +130,6 @@ def _mini(**kw):
     (dict(mode="v2"), "mode='v2'"),
     (dict(compressor_size=0), "compressor_size=0"),
     (dict(compressor_heads=3), "divisible by 3 heads"),
-    (dict(remat_policy="half"), "remat_policy='half'"),
-    (dict(video_chunk_size=0), "video_chunk_size=0"),
 ])
 def test_llava_mini_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -112,10 +112,10 @@ def test_staged_output(tmp_path):
 
 
 def test_benchmark_tiny(tmp_path):
-    """benchmarks/convert.py --tiny: both directions as subprocesses, bound held, bit-exact."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "convert.py"), "--tiny", "--workdir",
+    """benchmarks/conversion.py --tiny: both directions as subprocesses, bound held, bit-exact."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.conversion", "--tiny", "--workdir",
                         str(tmp_path / "work"), "--json", str(tmp_path / "convert.json")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads((tmp_path / "convert.json").read_text())
     assert result["round_trip_bit_exact"] is True and result["shards"] >= 2

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from llava_mini_jax import load_tokenizer, tokenize_conversation
-from llava_mini_jax.demo import run_demo
-from llava_mini_jax.demo import shapes
-from llava_mini_jax.demo.dataset import write_dataset
-from llava_mini_jax.demo.report import format_table, real_size_flops
-from llava_mini_jax.demo.tokenizer import train_tokenizer
+from demo import run_demo
+from demo import shapes
+from demo.dataset import write_dataset
+from demo.report import format_table, real_size_flops
+from demo.tokenizer import train_tokenizer
 
 
 def test_scene_answers_match_the_pixels():
@@ -101,4 +101,13 @@ def test_demo_end_to_end_small(tmp_path):
     assert os.path.getsize(res["attention_png"]) > 0
     assert os.path.isdir(tmp_path / "demo" / "runs" / "stage1" / "4" / "params")  # orbax step
     assert json.load(open(tmp_path / "demo" / "results.json"))["rows"][2]["accuracy"]["overall"] == pytest.approx(
+        res["rows"][2]["accuracy"]["overall"])
+    # what benchmarks/demo_seeds.py stores per run (results/demo.json), from this run
+    from benchmarks.demo_seeds import DEFAULTS, figure
+    settings = {**DEFAULTS, "steps": 8, "stage1_steps": 4, "train_images": 64, "test_questions": 16}
+    row = figure("small", settings, 0, res)
+    assert row["command"] == "llava-mini-jax demo --seed 0 --steps 8 --stage1-steps 4 --train-images 64 " \
+                             "--test-questions 16"
+    assert row["mini"]["accuracy"]["overall"] == pytest.approx(mini["accuracy"]["overall"], abs=1e-4)
+    assert (row["mini"]["tokens"], row["baseline"]["tokens"]) == (1, 64) and row["chance"] == pytest.approx(
         res["rows"][2]["accuracy"]["overall"])

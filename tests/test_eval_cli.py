@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 import eval_synthetic as synth
-from llava_mini_jax.cli import main as cli_main
+from cli.main import main as cli_main
 from llava_mini_jax.eval import registry
 from test_chat import write_video
-from tiny_checkpoint import make_tiny_checkpoint
 
 BUILDERS = {
     "vqav2": synth.vqav2, "gqa": synth.gqa, "vizwiz": synth.vizwiz, "textvqa": synth.textvqa, "pope": synth.pope,
@@ -25,8 +24,8 @@ BUILDERS = {
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("eval_tiny") / "model")
+def ckpt(tiny_hf_checkpoint):
+    return tiny_hf_checkpoint
 
 
 def _make_media_real(data_dir, bench, split):

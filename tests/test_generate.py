@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, fixture_data, fixture_model
-from llava_mini_jax import generate
+from llava_mini_jax import GenerationConfig, generate
 from llava_mini_jax.generate import _compiled, bucket_length, filter_top_k, filter_top_p, next_token
 from llava_mini_jax.llama import causal_mask
 
@@ -110,7 +110,16 @@ def test_eos_pads_the_rest_and_stops_early_and_streams():
 
 def test_default_eos_comes_from_generation_config():
     model, params = fixture_model("std")
-    assert model.config.eos_token_ids == (2,) and model.config.pad_token_id == 0
+    assert model.generation == GenerationConfig(eos_token_ids=(2,), pad_token_id=0)
+    assert not hasattr(model.config, "eos_token_ids")  # generation settings key no compile
+
+
+def test_generation_settings_do_not_recompile():
+    """Another EOS / pad setting on the same model reuses the compiled prefill and step."""
+    model, params = fixture_model("std")
+    other = model.clone(generation=GenerationConfig(eos_token_ids=(5,), pad_token_id=1))
+    assert other == model and hash(other) == hash(model)
+    assert _compiled(other, 0.0, None, None) is _compiled(model, 0.0, None, None)
 
 
 def test_sampling_is_reproducible_per_seed():

@@ -22,8 +22,8 @@ from llava_mini_jax.safetensors_io import CheckpointReader
 @functools.lru_cache(maxsize=None)
 def _setup(name: str, scan: bool):
     path = FIXTURES / name / "hf"
-    cfg, _ = load_config(str(path), scan_layers=scan)
-    shapes = jax.tree.map(lambda a: tuple(a.shape), nn.unbox(abstract_params(LlavaMini(cfg))))
+    cfg, _ = load_config(str(path))
+    shapes = jax.tree.map(lambda a: tuple(a.shape), nn.unbox(abstract_params(LlavaMini(cfg, scan_layers=scan))))
     with CheckpointReader(path) as reader:
         tensors = {n: reader.read(n) for n in reader.names()}
     return cfg, shapes, tensors
@@ -60,7 +60,7 @@ def test_every_param_slot_is_written_exactly_once(name):
     for scan in (True, False):
         cfg, shapes, _ = _setup(name, scan)
         slots = Counter()
-        for pl in placements(cfg):
+        for pl in placements(cfg, scan):
             for leaf in pl.leaves:
                 slots[(leaf, pl.layer)] += 1
         assert set(slots.values()) == {1}

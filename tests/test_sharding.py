@@ -39,7 +39,7 @@ def test_make_mesh_on_a_device_subset():
 
 
 @pytest.mark.parametrize("shape,match", [((2, 4), "expected 3 sizes"), ((-1, -1, 2), "at most one -1"),
-                                         ((3, -1, 1), "does not divide 8 devices"),
+                                         ((3, -1, 1), r"the fixed sizes \(3\) do not divide the 8 devices"),
                                          ((2, 2, 1), r"needs 4 devices, found 8"), ((1, 1, 1), "needs 1 devices")])
 def test_make_mesh_errors(shape, match):
     with pytest.raises(ValueError, match=match):
@@ -94,8 +94,9 @@ def test_every_spec_follows_the_rules_table(hd_specs):
 
 
 def test_batch_sharding():
-    s = batch_sharding(make_mesh((2, 2, 2)), 3)
-    assert s.spec == P(("data", "fsdp"), None, None)
+    mesh = make_mesh((2, 2, 2))
+    assert batch_sharding(mesh).spec == P(("data", "fsdp"))
+    assert batch_sharding(mesh, batch_axis=1).spec == P(None, ("data", "fsdp"))  # [A, rows, ...] micro-batches
 
 
 def test_sharded_forward_equals_single_device():
@@ -126,7 +127,7 @@ def test_sharded_forward_equals_single_device():
     # rules (it constrains its flattened kernel inside the shape check), and with that worked around, XLA:CPU
     # (jax 0.10.2) miscompiles the activation constraint [(data, fsdp), None, tensor] after an [embed->fsdp]
     # kernel. Placement then follows the sharded params and batch.
-    got = jax.jit(apply)(sharded, jax.device_put(ids, batch_sharding(mesh, 2)))
+    got = jax.jit(apply)(sharded, jax.device_put(ids, batch_sharding(mesh)))
     assert not got.sharding.is_fully_replicated
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
     assert 0.5 < np.abs(want).max() < 50

@@ -40,3 +40,15 @@ def test_train_memory_tiny(tmp_path, capsys):
     for r in rows:
         assert r["activations_no_remat_gib"] >= r["activations_gib"]
     assert json.loads(out.read_text())["results"] == rows
+
+
+def test_mesh_equivalence_tiny(tmp_path, capsys):
+    """benchmarks/mesh_equivalence.py --tiny: a (2,2,2) mesh step equals one device's (what it
+    reports is computed here, from the run)."""
+    from benchmarks import mesh_equivalence
+    out = tmp_path / "mesh.json"
+    assert mesh_equivalence.main(["--tiny", "--out", str(out)]) == 0
+    (row,) = _lines(capsys)
+    assert row["mesh"] == [2, 2, 2] and row["steps"] == 1
+    assert row["max_loss_rel_diff"] < 1e-5 and row["max_param_abs_diff"] < 2e-6
+    assert json.loads(out.read_text())["results"] == [row]

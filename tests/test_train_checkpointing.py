@@ -127,7 +127,7 @@ def test_stage2_takes_the_projector_of_a_stage1_checkpoint(tmp_path):
     t1 = build_trainer(cfg1, mc1, TOTAL)
     p1 = jax.tree.map(np.asarray, t1.random_params(7))
     p1["mm_projector"]["linear_0"]["bias"] = np.arange(p1["mm_projector"]["linear_0"]["bias"].size, dtype=np.float32)
-    from llava_mini_jax.loading import place_with_shardings
+    from llava_mini_jax.sharding import place_with_shardings
     state1 = t1.init_state(place_with_shardings(p1, t1.param_shardings, np.float32))
 
     class _NoData:

@@ -71,7 +71,7 @@ def test_split_micro_batches():
 
 def test_llava_pipeline_config():
     cfg = tiny_train_config("unused.json", data={"source": "json", "data_path": ["a.json"], "image_folder": "/img",
-                                                 "tokenizer_path": "/tok", "template": "plain", "max_length": 512},
+                                                 "tokenizer_path": "/tok", "template": "plain", "model_max_length": 512},
                             train={"global_batch_size": 64, "grad_accum_steps": 4})
     d = llava_data_config(cfg, tiny_model_config(), process_index=1, process_count=4, num_epochs=2)
     assert d.batch_size == 16 and d.process_index == 1 and d.process_count == 4 and d.num_epochs == 2

@@ -110,7 +110,7 @@ def test_llava_json_pipeline_end_to_end(tmp_path):
     model = write_tiny_model(str(tmp_path / "model"), "mini", vocab=32000)
     cfg = tiny_train_config(model, data={"source": "json", "data_path": [data], "image_folder": str(tmp_path / "data"),
                                          "tokenizer_path": os.path.join(fixtures, "vicuna"), "template": "vicuna_v1",
-                                         "max_length": 128, "length_buckets": [128], "read_threads": 1},
+                                         "model_max_length": 128, "length_buckets": [128], "read_threads": 1},
                             train={"max_steps": 3, "global_batch_size": 4, "grad_accum_steps": 2})
     seen = []
     r = loop.train(cfg, on_step=seen.append)

@@ -14,7 +14,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from llava_mini_jax.loading import place_with_shardings
+from llava_mini_jax.sharding import place_with_shardings
 from train.data import make_pipeline
 from train.model_setup import model_config
 from train.state import axis_rules

@@ -47,7 +47,7 @@ def _setup_logging(level: str) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .config import ConfigError, config_keys, load_config, to_dict
+    from .config import ConfigError, config_keys, load_config, to_yaml
     if args.list_keys:
         print("\n".join(config_keys()))
         return EXIT_OK
@@ -57,8 +57,7 @@ def main(argv=None) -> int:
         print(f"llava-mini-jax train: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.print_config:
-        import yaml
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(to_yaml(cfg), end="")
         return EXIT_OK
     _setup_logging(cfg.logging.level)
     from .loop import NonFiniteError, train

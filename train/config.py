@@ -1,7 +1,9 @@
 """The training configuration: frozen dataclasses, one per section, loaded from YAML/JSON.
 
     model:        where the weights come from, precision, remat/scan
-    data:         the training set (issue 5's pipeline) or the built-in synthetic set
+    data:         the training set: `llava_mini_jax.data.DataConfig`, issue 5's pipeline's own
+                  config (or `source: synthetic`, the built-in set); the trainer fills in its
+                  batch, model and host fields
     mesh:         device mesh sizes (`data`, `fsdp`, `tensor`) and logical-axis rule overrides
     optimizer:    AdamW, parameter groups (learning rates), frozen parameters, clipping
     schedule:     linear warmup + cosine decay to 0 (transformers' `get_cosine_schedule_with_warmup`)
@@ -12,14 +14,15 @@
 
 `load_config(path, overrides)` reads a file (or a preset name: `stage1`, `stage2`), applies
 `section.key=value` overrides (values parsed as YAML, list items addressed by index, e.g.
-`optimizer.groups.0.lr=2e-5`) and builds `TrainConfig`. An unknown key raises `ConfigError`
-naming it and listing the valid keys of its section; a value of the wrong type names the key,
-the value and the expected type.
+`optimizer.groups.0.lr=2e-5`) and builds `TrainConfig`: OmegaConf does the merging, the override
+parsing and the type checks against a schema made from these dataclasses (train/README.md says
+why OmegaConf). An unknown key raises `ConfigError` naming it and listing the valid keys of its
+section; a value of the wrong type names the key, the value and the expected type.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import os
 import pathlib
@@ -27,7 +30,12 @@ import types
 import typing
 from typing import Any, Optional, Sequence, Union
 
-import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+                              ValidationError)
+
+from llava_mini_jax.data.config import SET_BY_TRAINER, DataConfig
+from llava_mini_jax.sharding import MESH_AXES
 
 PRESETS_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -48,8 +56,9 @@ class ModelConfig:
     the params matching `init_patterns` (regexes on `a/b/c` param paths; empty = every param the
     checkpoint holds) from a training checkpoint (a run directory: its latest step; or a step
     directory): stage 2 takes the stage-1 projector this way. `overrides` sets other
-    `LlavaMiniConfig` fields (e.g. `compressor_size`, `prefusion_layers`, `resolution_ratio`).
-    `parts_dir`: where `init_from_parts` writes the combined model (default `RUN/init_from_parts`,
+    `LlavaMiniConfig` fields (e.g. `compressor_size`, `prefusion_layers`, `resolution_ratio`);
+    `model_max_length` and `image_aspect_ratio` are the `data` section's (their one owner: the
+    trained model's config takes them from there). `parts_dir`: where `init_from_parts` writes the combined model (default `RUN/init_from_parts`,
     reused when it exists).
     """
 
@@ -65,13 +74,13 @@ class ModelConfig:
     compute_dtype: str = "bfloat16"
     scan_layers: bool = True
     remat_policy: str = "full"
-    max_length: Optional[int] = None
     overrides: dict = dataclasses.field(default_factory=dict)
     parts_dir: Optional[str] = None
 
     def __post_init__(self):
         from llava_mini_jax.config import LlavaMiniConfig
-        fields = [f.name for f in dataclasses.fields(LlavaMiniConfig) if f.name not in ("llm", "vision")]
+        fields = [f.name for f in dataclasses.fields(LlavaMiniConfig)
+                  if f.name not in ("llm", "vision", "max_length", "image_aspect_ratio")]
         bad = [k for k in self.overrides if k not in fields]
         if bad:
             raise ConfigError(f"model.overrides: unknown LlavaMiniConfig field(s) {bad}; valid: {', '.join(fields)}")
@@ -95,50 +104,6 @@ class ModelConfig:
         if self.config_json:
             return "config_json"
         return None
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The training set. `source: synthetic` is the built-in image-question set (`synthetic_*`
-    keys; tests, smoke runs, benchmarks); `auto` / `json` / `tfds` read LLaVA-format data through
-    issue 5's grain pipeline (`llava_mini_jax.data.make_train_pipeline`): `data_path` (json files or
-    a TFDS directory), `image_folder`, `video_folder`, `tokenizer_path` (default: the model
-    directory), `template` (`plain` stage 1; `vicuna_v1` / `llava_llama_3_1` stage 2),
-    `max_length` (longest LLM sequence, vision tokens included; longer samples are skipped),
-    `length_buckets` (padding lengths), `on_bad_sample` (`skip`: an inert row takes its place and
-    is counted; `raise`), workers and threads. The batch size and accumulation come from `train`."""
-
-    source: str = "auto"
-    data_path: tuple[str, ...] = ()
-    image_folder: str = ""
-    video_folder: str = ""
-    tokenizer_path: Optional[str] = None
-    tfds_split: str = "train"
-    template: str = "vicuna_v1"
-    max_length: int = 2048
-    image_aspect_ratio: str = "pad"
-    num_frames: int = 8
-    group_by_modality_length: bool = True
-    shuffle: bool = True
-    seed: int = 0
-    length_buckets: Optional[tuple[int, ...]] = None
-    on_bad_sample: str = "skip"
-    num_workers: int = 0
-    read_threads: int = 8
-    prefetch: int = 4
-    synthetic_size: int = 512
-    synthetic_classes: int = 4
-    synthetic_noise: float = 0.3
-
-    def __post_init__(self):
-        _choice("data.source", self.source, ("auto", "json", "tfds", "synthetic"))
-        _choice("data.template", self.template, ("plain", "vicuna_v1", "v1", "llava_v1", "llava_llama_3_1"))
-        _choice("data.on_bad_sample", self.on_bad_sample, ("skip", "raise"))
-        for k in ("max_length", "num_frames", "prefetch", "synthetic_size", "synthetic_classes"):
-            _positive(f"data.{k}", getattr(self, k))
-
-
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +292,8 @@ class TrainConfig:
 
     stage: str = "custom"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DataConfig = dataclasses.field(default_factory=functools.partial(  # the pipeline's own config
+        DataConfig, group_by_modality_length=True, read_threads=8))
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
@@ -335,6 +301,13 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+
+    def __post_init__(self):
+        default = DataConfig()
+        changed = [k for k in SET_BY_TRAINER if getattr(self.data, k) != getattr(default, k)]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} is set by the trainer (from train.global_batch_size, the model and "
+                              f"the processes); leave out {', '.join('data.' + k for k in changed)}")
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -353,93 +326,143 @@ def _positive(key: str, value) -> None:
         raise ConfigError(f"{key}={value}: expected >= 1")
 
 
-# -- dict <-> dataclass ---------------------------------------------------------------------------
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# -- YAML, overrides and types: OmegaConf ----------------------------------------------------------
+# OmegaConf merges the defaults, the file and the `section.key=value` overrides and checks every
+# key and value against a schema built from the dataclasses above (tuples as lists, so overrides
+# can address list items); `from_dict` then builds the frozen dataclasses, whose `__post_init__`
+# checks the values' meaning.
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _coerce(key: str, value, tp):
-    """`value` (from YAML/JSON) as type `tp`, or ConfigError naming the key."""
-    origin = typing.get_origin(tp)
+@functools.lru_cache(maxsize=None)
+def _schema_class(cls):
+    """A mutable twin of dataclass `cls` for OmegaConf: same fields, types and defaults, with
+    `tuple[X, ...]` as `list[X]` and nested config dataclasses twinned the same way."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = _schema_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = dataclasses.field(default_factory=functools.partial(_twin, f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            default = dataclasses.field(default_factory=functools.partial(_twin_factory, f.default_factory))
+        else:
+            default = dataclasses.field()
+        fields.append((f.name, tp, default))
+    return dataclasses.make_dataclass(cls.__name__, fields)
+
+
+def _schema_type(tp):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(key, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r}: expected a mapping of {tp.__name__} fields "
-                              f"{[f.name for f in dataclasses.fields(tp)]}")
-        return from_dict(tp, value, key)
+        inner = [a for a in args if a is not type(None)]
+        return Optional[_schema_type(inner[0])] if len(inner) == 1 else Any
     if origin is tuple:
-        (item, *rest) = typing.get_args(tp)
-        if isinstance(value, (str, dict)) or not isinstance(value, Sequence):
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, Sequence):
-                raise ConfigError(f"{key}={value!r}: expected a list")
-        return tuple(_coerce(f"{key}.{i}", v, item) for i, v in enumerate(value))
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r}: expected a mapping")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}={value!r}: expected true or false")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{key}={value!r}: expected an integer") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        try:
-            return float(value)  # YAML 1.1 reads `1e-3` as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r}: expected a number") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected a string")
-        return str(value)
+        return list[_schema_type(args[0])]
+    if dataclasses.is_dataclass(tp):
+        return _schema_class(tp)
+    return tp
+
+
+def _twin(value):
+    """A default as the schema holds it: config dataclasses as their twins, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return _schema_class(type(value))(**{f.name: _twin(getattr(value, f.name))
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, (list, tuple)):
+        return [_twin(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _twin(v) for k, v in value.items()}
     return value
 
 
-def from_dict(cls, d: dict, prefix: str = ""):
-    """Builds dataclass `cls` from a nested dict, rejecting unknown keys (listing the valid ones)."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in d if k not in names]
-    if unknown:
-        where = prefix or "the top level"
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(repr(_join(prefix, k)) for k in unknown)}; valid keys of {where}: "
-                          f"{', '.join(names)}")
-    kwargs = {k: _coerce(_join(prefix, k), v, hints[k]) for k, v in d.items()}
+def _twin_factory(factory):
+    return _twin(factory())
+
+
+def _schema(cls=None) -> DictConfig:
+    return OmegaConf.structured(_schema_class(cls or TrainConfig))
+
+
+def _config_error(e: OmegaConfBaseException, schema_cls=None) -> ConfigError:
+    """An OmegaConf error as a one-line ConfigError naming the key (and the valid keys, or what
+    was expected)."""
+    key = str(e.full_key or e.key or "").replace("[", ".").replace("]", "")
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and "not in" in str(e):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        names = _section_keys(schema_cls or TrainConfig, parent)
+        return ConfigError(f"unknown key {key!r}; valid keys of {parent or 'the top level'}: {', '.join(names)}")
+    if isinstance(e, ValidationError):
+        expected = _EXPECTED.get(_leaf_type(schema_cls or TrainConfig, key))
+        if expected is None:
+            expected = str(e).splitlines()[0]
+        return ConfigError(f"{key}={e.value!r}: expected {expected}")
+    if isinstance(e, MissingMandatoryValue):
+        return ConfigError(f"{key}: a value is required")
+    return ConfigError(f"{key}: {str(e).splitlines()[0]}")
+
+
+def _walk(cls, key: str):
+    """The type hint at dotted `key` (list indices step into the item type)."""
+    tp = cls
+    for part in [p for p in key.split(".") if p]:
+        origin = typing.get_origin(tp)
+        if origin in (Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            origin = typing.get_origin(tp)
+        if origin is tuple:
+            tp = typing.get_args(tp)[0]
+            continue
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _leaf_type(cls, key: str):
+    tp = _walk(cls, key)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _section_keys(cls, section: str) -> list[str]:
+    tp = _leaf_type(cls, section) if section else cls
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def from_dict(cls, d) -> Any:
+    """Dataclass `cls` from nested dicts (or a DictConfig): OmegaConf checks keys and types against
+    `cls`'s schema, then the frozen dataclasses are built (lists become tuples)."""
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+        merged = OmegaConf.merge(_schema(cls), d)
+        plain = OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise _config_error(e, cls) from None
+    return _build(cls, plain, "")
 
 
-def _join(prefix: str, key) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
+def _build(tp, value, key: str):
+    """Plain (validated) containers -> the frozen dataclasses, tuples where the hints say so."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        kwargs = {k: _build(hints[k], v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key or tp.__name__}: {e}") from e
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return tuple(_build(item, v, f"{key}.{i}") for i, v in enumerate(value))
+    return value
 
 
 def to_dict(obj) -> Any:
@@ -466,84 +489,63 @@ def resolve_config_path(path: str | os.PathLike) -> pathlib.Path:
     raise FileNotFoundError(f"config {str(path)!r} is neither a file nor a preset ({presets})")
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
+def read_config_file(path: str | os.PathLike) -> DictConfig:
+    """A YAML (or JSON, a subset of YAML) config file or preset, as OmegaConf reads it."""
     p = resolve_config_path(path)
-    text = p.read_text()
-    d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
+    d = OmegaConf.load(p)
+    if not isinstance(d, DictConfig):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got a list")
     return d
 
 
-def apply_override(d: dict, item: str) -> None:
-    """Applies one `a.b.c=value` (value parsed as YAML) to the nested dict `d` in place."""
+def apply_override(cfg: DictConfig, item: str) -> None:
+    """Applies one `a.b.c=value` to `cfg` in place (value parsed as YAML, e.g. `[a, b]`,
+    `{embed: null}`, `1e-3`; list items by index, e.g. `optimizer.groups.0.lr=2e-5`). A string
+    given for a list key is a one-item list (`data.data_path=a.json`)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value (e.g. train.global_batch_size=64)")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
+    key, raw = (part.strip() for part in item.split("=", 1))
+    if not key or not all(key.split(".")):
         raise ConfigError(f"override {item!r}: empty key segment")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    node: Any = d
-    for i, part in enumerate(parts[:-1]):
-        node = _child(node, part, ".".join(parts[:i + 1]))
-    last = parts[-1]
-    if isinstance(node, list):
-        idx = _index(last, key, len(node))
-        node[idx] = value
-    else:
-        node[last] = value
-
-
-def _index(part: str, key: str, n: int) -> int:
-    if not part.lstrip("-").isdigit():
-        raise ConfigError(f"override key {key!r}: {part!r} must be a list index (0..{n - 1})")
-    i = int(part)
-    if not -n <= i < n:
-        raise ConfigError(f"override key {key!r}: index {i} out of range for a list of {n}")
-    return i
-
-
-def _child(node, part: str, key: str):
-    """The container under `part` (created when missing), for an override to descend into."""
-    if isinstance(node, list):
-        return node[_index(part, key, len(node))]
-    if not isinstance(node, dict):
-        raise ConfigError(f"override key {key!r}: {type(node).__name__} value has no keys")
-    if part not in node or node[part] is None:
-        node[part] = {}
-    elif isinstance(node[part], tuple):
-        node[part] = list(node[part])
-    return node[part]
-
-
-def _defaults_with_lists(cls) -> dict:
-    """The default config as nested dicts (so overrides can index default lists)."""
-    return to_dict(cls())
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "rules":
-            out[k] = _merge(out[k], v)
+    value = OmegaConf.create(f"v: {raw}" if raw else "v: null")["v"] if raw else None
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, str) and typing.get_origin(_leaf_type(TrainConfig, key)) is tuple:
+        value = [value]
+    node = cfg
+    for part in key.split("."):  # list items must exist: name the index when one does not
+        if isinstance(node, ListConfig):
+            if not part.lstrip("-").isdigit():
+                raise ConfigError(f"override key {key!r}: {part!r} must be a list index (0..{len(node) - 1})")
+            if not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"override key {key!r}: index {int(part)} out of range for a list of {len(node)}")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig):
+            node = node.get(part) if part in node else None
         else:
-            out[k] = v
-    return out
+            break
+    try:
+        OmegaConf.update(cfg, key, value, merge=isinstance(value, list))  # lists: items typed, list replaced
+    except OmegaConfBaseException as e:
+        raise _config_error(e) from None
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """`TrainConfig` from a YAML/JSON file or preset name (or the defaults), then `overrides`."""
-    d = read_config_file(path) if path is not None else {}
-    unknown = [k for k in d if k not in [f.name for f in dataclasses.fields(TrainConfig)]]
-    if unknown:
-        from_dict(TrainConfig, {k: d[k] for k in unknown})  # raises, listing the valid keys
-    d = _merge(_defaults_with_lists(TrainConfig), d)
+    cfg = _schema()
+    try:
+        if path is not None:
+            cfg = OmegaConf.merge(cfg, read_config_file(path))
+    except OmegaConfBaseException as e:
+        raise _config_error(e) from None
     for item in overrides:
-        apply_override(d, item)
-    return from_dict(TrainConfig, d)
+        apply_override(cfg, item)
+    return from_dict(TrainConfig, cfg)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (`--print-config`)."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)), sort_keys=False)
 
 
 def config_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
@@ -551,8 +553,9 @@ def config_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
         if dataclasses.is_dataclass(tp):
-            out.extend(config_keys(tp, _join(prefix, f.name)))
+            out.extend(config_keys(tp, key))
         else:
-            out.append(_join(prefix, f.name))
+            out.append(key)
     return out

@@ -188,10 +188,11 @@ def make_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: i
 
 def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
                       num_epochs: int, model_dir: str | None = None):
-    """Issue 5's `DataConfig` for this run: `batch_size` is this host's rows per optimizer step
-    (all its micro-batches; the loop splits them), so one step's micro-batches share a padded
-    length; the length-grouped megabatch is the global batch, as the reference's sampler."""
-    from llava_mini_jax.data import DataConfig as PipelineConfig
+    """The run's `data` section with the fields the trainer owns filled in: `batch_size` is this
+    host's rows per optimizer step (all its micro-batches; the loop splits them), so one step's
+    micro-batches share a padded length; the length-grouped megabatch is the global batch, as the
+    reference's sampler; the tokenizer defaults to the model directory; pixels, tokens per frame and
+    resolution ratio are the model's."""
     d, t = cfg.data, cfg.train
     if not d.data_path:
         raise ValueError(f"data.source={d.source}: set data.data_path (LLaVA json files or a TFDS directory)")
@@ -202,17 +203,11 @@ def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_inde
     if t.global_batch_size % process_count:
         raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by {process_count} "
                          "processes")
-    ratio = model_cfg.resolution_ratio
-    return PipelineConfig(
-        image_processor=image_processor_config(model_cfg, model_dir),
-        data_path=tuple(d.data_path), tokenizer_path=tokenizer, image_folder=d.image_folder,
-        video_folder=d.video_folder, source=d.source, tfds_split=d.tfds_split, template=d.template,
-        model_max_length=d.max_length, vision_tokens_per_frame=model_cfg.tokens_per_frame,
-        image_aspect_ratio=d.image_aspect_ratio, resolution_ratio=ratio, num_frames=d.num_frames,
-        batch_size=t.global_batch_size // process_count, seed=d.seed, shuffle=d.shuffle, num_epochs=num_epochs,
-        group_by_modality_length=d.group_by_modality_length, gradient_accumulation_steps=1,
-        length_buckets=d.length_buckets, process_index=process_index, process_count=process_count,
-        num_workers=d.num_workers, read_threads=d.read_threads, on_bad_sample=d.on_bad_sample)
+    return dataclasses.replace(
+        d, tokenizer_path=tokenizer, image_processor=image_processor_config(model_cfg, model_dir),
+        vision_tokens_per_frame=model_cfg.tokens_per_frame, resolution_ratio=model_cfg.resolution_ratio,
+        batch_size=t.global_batch_size // process_count, num_epochs=num_epochs, gradient_accumulation_steps=1,
+        process_index=process_index, process_count=process_count)
 
 
 def image_processor_config(model_cfg: LlavaMiniConfig, model_dir: str | None = None):

@@ -28,7 +28,7 @@ from .checkpointing import Checkpointer
 from .config import TrainConfig, to_dict
 from .data import make_pipeline
 from .logging_utils import MetricsLogger, StepTimer
-from .model_setup import initial_params, model_config
+from .model_setup import generation_config, initial_params, model_config, with_data_settings
 from .trainer import build_trainer, check_batch_fits, mesh_from_config
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
     pidx, pcount = jax.process_index(), jax.process_count()
     primary = pidx == 0
     mc, model_dir = model_config(cfg.model)
+    mc = with_data_settings(mc, cfg.data)
     mesh = mesh_from_config(cfg)
     check_batch_fits(cfg, mesh, pcount)  # before the data is read or anything compiles
 
@@ -120,7 +121,8 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
 
     ckpt = None
     if cfg.checkpoint.dir:
-        ckpt = Checkpointer(cfg.checkpoint, mc.to_hf_dict(), to_dict(cfg))
+        model_json = generation_config(cfg.model).add_to(mc.to_hf_dict())
+        ckpt = Checkpointer(cfg.checkpoint, model_json, to_dict(cfg))
     start = ckpt.latest_step() if ckpt is not None and cfg.checkpoint.resume else None
     if start is not None:
         log.info("resuming from %s", ckpt.step_dir(start))

@@ -8,6 +8,7 @@ stage-1 projector this way).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,25 +18,22 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from flax import traverse_util
 
-from llava_mini_jax.config import LlavaMiniConfig
-from llava_mini_jax.loading import dummy_inputs, load_config, place_with_shardings
+from llava_mini_jax.config import GenerationConfig, LlavaMiniConfig
+from llava_mini_jax.loading import load_config, load_generation_config, param_init_fn
 from llava_mini_jax.model import LlavaMini
+from llava_mini_jax.sharding import place_with_shardings
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, DataConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
 
 def _overrides(cfg: ModelConfig) -> dict:
     out = dict(cfg.overrides)
-    out.update(scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
     if cfg.mode is not None:
         out["mode"] = cfg.mode
-    if cfg.max_length is not None:
-        out["max_length"] = cfg.max_length
     return out
 
 
@@ -54,6 +52,24 @@ def model_config(cfg: ModelConfig) -> tuple[LlavaMiniConfig, Optional[str]]:
                       "model.config_json")
 
 
+def with_data_settings(mc: LlavaMiniConfig, data: DataConfig) -> LlavaMiniConfig:
+    """The model config a run trains (and writes into its checkpoints): `max_length` and
+    `image_aspect_ratio` are the data section's (`model_max_length`), their one owner."""
+    return dataclasses.replace(mc, max_length=data.model_max_length, image_aspect_ratio=data.image_aspect_ratio)
+
+
+def generation_config(cfg: ModelConfig) -> GenerationConfig:
+    """The source's EOS / pad ids (written into the run's `config.json`, so exports keep them)."""
+    if cfg.source == "path":
+        return load_generation_config(cfg.path)
+    if cfg.source == "parts":
+        return load_generation_config(cfg.llm_path)
+    if cfg.source == "config_json":
+        with open(cfg.config_json) as f:
+            return GenerationConfig.from_hf_dict(json.load(f))
+    return GenerationConfig()
+
+
 # -- issue 3's init_from_parts: an untrained LLaVA-Mini / LLaVA-v1.5 from an LLM and a CLIP -------
 _PARTS_KEYS = ("compressor_size", "prefusion_layers", "projector_type", "vision_select_layer", "resolution_ratio")
 
@@ -63,13 +79,14 @@ def _parts_options(cfg: ModelConfig) -> dict:
     opts = dict(baseline=cfg.mode == "baseline", compressor_size=o.get("compressor_size", 1),
                 prefusion_layers=o.get("prefusion_layers", 4), projector_type=o.get("projector_type", "mlp2x_gelu"),
                 vision_select_layer=o.get("vision_select_layer", -2), resolution_ratio=o.get("resolution_ratio", 1),
-                model_max_length=cfg.max_length)
+                model_max_length=None)
     return opts
 
 
 def _parts_config(cfg: ModelConfig) -> LlavaMiniConfig:
     """The combined model's config, from the two `config.json`s (nothing written)."""
-    from convert.checkpoint_config import legacy_llm_config, read_config, vision_section
+    from convert.checkpoint_config import legacy_llm_config, read_config
+    from llava_mini_jax.loading import vision_section
     from convert.init_from_parts import llava_config
     from llava_mini_jax.config import ClipVisionConfig
     vision = vision_section(read_config(cfg.vision_path))
@@ -103,37 +120,35 @@ def _parts_params(cfg: ModelConfig, shardings, run_dir: Optional[str]) -> dict:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("init_from_parts")
     _, params = load_pretrained(out, dtype=jnp.dtype(cfg.param_dtype), compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                shardings=shardings, **_overrides(cfg))
+                                shardings=shardings, **runtime(cfg), **_overrides(cfg))
     return params
 
 
+def runtime(cfg: ModelConfig) -> dict:
+    """The `LlavaMini` runtime fields (and `load_pretrained` keywords) of the run."""
+    return dict(scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
+
+
 def build_model(mc: LlavaMiniConfig, cfg: ModelConfig) -> LlavaMini:
-    return LlavaMini(mc, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
-
-def random_params(model: LlavaMini, seed: int, shardings) -> dict:
-    """Module-initialiser params, created by one jitted init whose outputs are sharded."""
-    def init(rng):
-        return nn.unbox(model.init(rng, **dummy_inputs(model.config))["params"])
-    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    return LlavaMini(mc, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.dtype(cfg.param_dtype), **runtime(cfg))
 
 
 def initial_params(cfg: ModelConfig, model: LlavaMini, shardings, random_init=None,
                    run_dir: Optional[str] = None) -> dict:
     """Params of the configured source in `shardings` (then the checkpoint overlay, if any).
-    `random_init(seed)` replaces `random_params` (a cached jitted init); `run_dir` hosts the
+    `random_init(seed)` replaces a fresh jitted init (e.g. the trainer's cached one); `run_dir` hosts the
     `init_from_parts` output."""
     dtype = jnp.dtype(cfg.param_dtype)
     if cfg.source == "path":
         from llava_mini_jax.loading import load_pretrained
         _, params = load_pretrained(cfg.path, dtype=dtype, compute_dtype=jnp.dtype(cfg.compute_dtype),
-                                    shardings=shardings, **_overrides(cfg))
+                                    shardings=shardings, **runtime(cfg), **_overrides(cfg))
     elif cfg.source == "parts":
         params = _parts_params(cfg, shardings, run_dir)
     elif random_init is not None:
         params = random_init(cfg.init_seed)
     else:
-        params = random_params(model, cfg.init_seed, shardings)
+        params = param_init_fn(model, shardings)(jax.random.key(cfg.init_seed))
     if cfg.init_from_checkpoint:
         params = overlay_from_checkpoint(params, cfg.init_from_checkpoint, cfg.init_patterns, shardings)
     return params

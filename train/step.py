@@ -24,14 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
-from jax.sharding import NamedSharding, PartitionSpec as P
-
 from llava_mini_jax.loss import token_cross_entropy
+from llava_mini_jax.sharding import batch_sharding
 
 from .state import TrainState, join, replicated, split
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "images")
-DATA_AXES = ("data", "fsdp")
 
 
 def per_row_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -168,12 +166,7 @@ class _context:
         return False
 
 
-def batch_sharding(mesh) -> NamedSharding:
-    """Every batch leaf `[A, rows, ...]`: rows over (`data`, `fsdp`), the rest replicated."""
-    return NamedSharding(mesh, P(None, DATA_AXES))
-
-
 def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh) -> Callable:
     """`jax.jit` with explicit in/out shardings, the state donated, metrics replicated."""
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh, batch_axis=1)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))

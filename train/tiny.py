@@ -1,36 +1,25 @@
-"""Tiny model and run configs for smoke runs, the `--tiny` benchmarks and the tests.
-
-The model: CLIP 16 px / patch 4 (16 patches), width 32, 2 layers; Llama width 32, 2 layers, 4
-heads (2 KV heads), vocab 64; compressor 1 token; 2 pre-fusion layers. A few thousand params:
-one CPU train step is milliseconds, its compile seconds.
+"""Tiny runs for smoke tests, the `--tiny` benchmarks and the tests: the library's tiny model
+(`llava_mini_jax.tiny`: CLIP 16 px / patch 4, width 32, 2 layers; Llama width 32, 2 layers, 4 heads
+(2 KV heads), vocab 64; C = 1; 2 pre-fusion layers) and a float32 synthetic-data run config.
+One CPU train step is milliseconds, its compile seconds.
 """
 from __future__ import annotations
 
-import json
-import os
-
-from llava_mini_jax.config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig
+from llava_mini_jax.config import LlavaMiniConfig
+from llava_mini_jax.tiny import tiny_config, write_config
 
 from .config import TrainConfig, from_dict, to_dict
 
 
 def tiny_model_config(mode: str = "mini", hidden: int = 32, layers: int = 2, vocab: int = 64) -> LlavaMiniConfig:
-    return LlavaMiniConfig(
-        llm=LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6),
-        vision=ClipVisionConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, patch_size=4,
-                                image_size=16),
-        mode=mode, projector_type="mlp2x_gelu", vision_select_layer=-1, compressor_size=1, compressor_heads=4,
-        prefusion_layers=2, vision_tower="tiny-clip")
+    """The library's tiny config with a training run's knobs (width, depth, vocabulary)."""
+    return tiny_config(mode, vocab_size=vocab, hidden_size=hidden, num_layers=layers, compressor_heads=4,
+                       vision_tower="tiny-clip")
 
 
 def write_tiny_model(directory: str, mode: str = "mini", **kw) -> str:
-    """Writes the tiny model's `config.json` into `directory`; returns its path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "config.json")
-    with open(path, "w") as f:
-        json.dump(tiny_model_config(mode, **kw).to_hf_dict(), f, indent=2)
-    return path
+    """Writes the tiny model's `config.json` into `directory` (`model.config_json`); returns its path."""
+    return write_config(directory, tiny_model_config(mode, **kw))
 
 
 def tiny_train_config(config_json: str, **sections) -> TrainConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Any, Optional
 
 import jax
@@ -20,15 +19,15 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 
 from llava_mini_jax.config import LlavaMiniConfig
-from llava_mini_jax.loading import abstract_params, dummy_inputs
-from llava_mini_jax.sharding import make_mesh
+from llava_mini_jax.loading import abstract_params, param_init_fn
+from llava_mini_jax.sharding import batch_sharding, make_mesh
 
 from .config import ConfigError, TrainConfig
 from .model_setup import build_model
 from .multihost import global_batch
 from .optimizer import ParamPlan, make_optimizer, plan_params, tree_paths
 from .state import TrainState, axis_rules, param_shardings, split, state_shardings, with_shardings
-from .step import StepSpec, batch_sharding, jit_train_step, make_train_step
+from .step import StepSpec, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,10 @@ def mesh_from_config(cfg: TrainConfig, devices=None) -> jax.sharding.Mesh:
             if not 1 <= cfg.mesh.devices <= len(devices):
                 raise ConfigError(f"mesh.devices={cfg.mesh.devices}: expected 1..{len(devices)} (the devices found)")
             devices = devices[:cfg.mesh.devices]
-    shape = list(cfg.mesh.shape)
-    known = math.prod(s for s in shape if s != -1)
-    n = len(devices)
-    if -1 in shape:
-        if n % known:
-            raise ConfigError(f"mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} tensor={cfg.mesh.tensor}: the fixed "
-                              f"sizes ({known}) do not divide the {n} devices")
-        shape[shape.index(-1)] = n // known
-    if math.prod(shape) != n:
-        raise ConfigError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs {math.prod(shape)} devices, "
-                          f"found {n}")
-    return make_mesh(shape, devices)
+    try:
+        return make_mesh(cfg.mesh.shape, devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_batch_fits(cfg: TrainConfig, mesh: jax.sharding.Mesh, process_count: int) -> int:
@@ -94,7 +85,7 @@ class Trainer:
     @property
     def batch_sharding(self) -> NamedSharding:
         """Every batch leaf `[A, rows, ...]`: rows over (`data`, `fsdp`)."""
-        return batch_sharding(self.mesh)
+        return batch_sharding(self.mesh, batch_axis=1)
 
     def init_state(self, params: dict, seed: Optional[int] = None) -> TrainState:
         """A fresh state around `params` (already placed): zero optimiser state, step 0."""
@@ -112,11 +103,7 @@ class Trainer:
     def random_params(self, seed: int) -> dict:
         """Module-initialiser params (one jitted init, outputs sharded: no device holds the model)."""
         if "random_params" not in self.jitted:
-            model = self.model
-
-            def init(rng):
-                return nn.unbox(model.init(rng, **dummy_inputs(model.config))["params"])
-            self.jitted["random_params"] = jax.jit(init, out_shardings=self.param_shardings)
+            self.jitted["random_params"] = param_init_fn(self.model, self.param_shardings)
         return self.jitted["random_params"](jax.random.key(seed))
 
     def put_batch(self, local: dict) -> dict:
@@ -152,7 +139,7 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
                           rng=jax.random.PRNGKey(0), skipped=jnp.zeros((), jnp.int32))
     abstract_state = jax.eval_shape(abstract_state_fn, abstract)
     s_sh = state_shardings(abstract_state, p_sh, mesh)
-    key = (mc, model.dtype, model.param_dtype, cfg.optimizer, cfg.schedule, total_steps, spec, mesh, rules)
+    key = (model, cfg.optimizer, cfg.schedule, total_steps, spec, mesh, rules)  # model: config + runtime fields
     if key not in _STEP_CACHE:
         trainable_sh = split(p_sh, plan.trainable)[0]
         fn = make_train_step(model, tx, plan.trainable, schedules, spec, trainable_sh, rules, mesh)

@@ -1,4 +1,8 @@
-"""`DataConfig`: everything the training data pipeline needs, in one frozen dataclass."""
+"""`DataConfig`: everything the training data pipeline needs, in one frozen dataclass.
+
+It is also the `data:` section of the training configuration (`train/config.py`), so every data
+setting has one owner; the fields marked *set by the trainer* are filled in from the run (batch,
+model, hosts) and must be left at their defaults there."""
 
 from __future__ import annotations
 
@@ -6,12 +10,16 @@ import dataclasses
 import os
 from typing import Optional, Union
 
+from llava_mini_jax.conversation import get_template
 from llava_mini_jax.image_processing import DEFAULT_CONFIG, ImageProcessorConfig
 
 PathLike = Union[str, os.PathLike]
 BAD_SAMPLE_POLICIES = ("skip", "raise")
 ASPECT_RATIOS = ("pad", "square")
-SOURCES = ("auto", "json", "tfds")
+SOURCES = ("auto", "json", "tfds", "synthetic")
+# Filled in by the trainer from the run (train.data.llava_data_config), never set in its config.
+SET_BY_TRAINER = ("vision_tokens_per_frame", "resolution_ratio", "image_processor", "batch_size", "num_epochs",
+                  "gradient_accumulation_steps", "process_index", "process_count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,11 +28,14 @@ class DataConfig:
 
     Data:
       data_path: a LLaVA `.json` (list) or `.jsonl` file, a tuple of them (concatenated in
-        order), or a TFDS directory written by `tfds_builder.build_tfds` (the folder holding
+        order; stored as a tuple of strings either way), or a TFDS directory written by `tfds_builder.build_tfds` (the folder holding
         `dataset_info.json`).
       image_folder, video_folder: roots that a record's `image` / `video` path is relative to
         (unused for TFDS, which holds the bytes).
-      source: "json", "tfds", or "auto" (a directory with `dataset_info.json` is TFDS).
+      source: "json", "tfds", or "auto" (a directory with `dataset_info.json` is TFDS); "synthetic"
+        is the trainer's built-in image-question set (`synthetic_size` samples of
+        `synthetic_classes` colours with `synthetic_noise` pixel noise; `prefetch` batches ahead),
+        which this pipeline does not read.
       tfds_split: the TFDS split to read.
 
     Tokenization:
@@ -68,8 +79,8 @@ class DataConfig:
         logged) or "raise".
     """
 
-    data_path: Union[PathLike, tuple[PathLike, ...]]
-    tokenizer_path: PathLike
+    data_path: Union[PathLike, tuple[PathLike, ...]] = ()
+    tokenizer_path: Optional[PathLike] = None
     image_folder: PathLike = ""
     video_folder: PathLike = ""
     source: str = "auto"
@@ -94,11 +105,20 @@ class DataConfig:
     worker_buffer_size: int = 2
     read_threads: int = 2
     on_bad_sample: str = "skip"
+    prefetch: int = 4
+    synthetic_size: int = 512
+    synthetic_classes: int = 4
+    synthetic_noise: float = 0.3
 
     def __post_init__(self):
+        paths = self.data_path if isinstance(self.data_path, (tuple, list)) else (self.data_path,)
+        object.__setattr__(self, "data_path", tuple(os.fspath(p) for p in paths if os.fspath(p)))
+        if self.length_buckets is not None:
+            object.__setattr__(self, "length_buckets", tuple(self.length_buckets))
+        get_template(self.template)  # ValueError naming the known templates
         positive = ("model_max_length", "vision_tokens_per_frame", "resolution_ratio",
                     "num_frames", "batch_size", "num_epochs", "gradient_accumulation_steps",
-                    "worker_buffer_size")
+                    "worker_buffer_size", "prefetch", "synthetic_size", "synthetic_classes")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -238,7 +238,11 @@ def make_train_pipeline(config: DataConfig) -> tuple[TrainIterator, int]:
       `{"input_ids", "attention_mask", "labels": [B, Lb] int32, "images": [B, P, 3, H, W] or
       [B, T, P, 3, H, W] float32}` and has `get_state()` / `set_state()`.
     """
-    if not os.fspath(config.tokenizer_path):
+    if config.source == "synthetic":
+        raise ValueError("DataConfig.source='synthetic' is the trainer's built-in set, not a pipeline source")
+    if not config.data_paths:
+        raise ValueError("DataConfig.data_path is empty")
+    if config.tokenizer_path is None or not os.fspath(config.tokenizer_path):
         raise ValueError("DataConfig.tokenizer_path is empty")
     source = open_source(config)
     order = make_order(config, source)

@@ -13,7 +13,7 @@ import os
 
 import sentencepiece as spm
 
-from ..conversation import get_template
+from llava_mini_jax.conversation import get_template
 
 
 def train_tokenizer(directory: str, texts: list[str], vocab_size: int = 256, seed_repeats: int = 20) -> str:

@@ -10,42 +10,42 @@ learning rates are raised (3e-3 instead of 1e-3 / 1e-4 / 1e-5) because nothing i
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 
-from ..config import ClipVisionConfig, LlamaConfig, LlavaMiniConfig
+from llava_mini_jax.config import GenerationConfig, LlavaMiniConfig
+from llava_mini_jax.tiny import tiny_config as library_tiny_config
+from llava_mini_jax.tiny import write_config
 
 IMAGE_SIZE = 32
 BATCH = 32
+GENERATION = GenerationConfig(eos_token_ids=(2,), pad_token_id=0)  # the demo tokenizer's </s> and <unk>
 
 
-def tiny_config(vocab_size: int, mode: str) -> LlavaMiniConfig:
+def tiny_config(vocab_size: int, mode: str, prefusion_layers: int = 1) -> LlavaMiniConfig:
     """CLIP 32 px / patch 4 (64 patches, width 64, 2 layers, read at hs[0]); LLM width 64, 2 layers;
     one pre-fusion layer; C = 1 (one vision token) in LLaVA-Mini mode."""
-    vision = ClipVisionConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, patch_size=4,
-                              image_size=IMAGE_SIZE)
-    llm = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=4, max_position_embeddings=512, pad_token_id=0)
-    return LlavaMiniConfig(llm=llm, vision=vision, mode=mode, compressor_size=1, prefusion_layers=1,
-                           vision_select_layer=0, image_aspect_ratio="pad", vision_tower="clip", max_length=256,
-                           eos_token_ids=(2,), pad_token_id=0)
+    return library_tiny_config(mode, vocab_size=vocab_size, hidden_size=64, num_kv_heads=4, max_position_embeddings=512,
+                               rms_norm_eps=1e-5, pad_token_id=0, vision_hidden_size=64, image_size=IMAGE_SIZE,
+                               prefusion_layers=prefusion_layers, vision_select_layer=0,
+                               image_aspect_ratio="pad", max_length=256)
 
 
 def write_model_config(path: str, cfg: LlavaMiniConfig) -> str:
-    with open(path, "w") as f:
-        json.dump(cfg.to_hf_dict(), f, indent=2)
-    return path
+    """`config.json` of the demo model (with the demo tokenizer's EOS / pad ids) at `path`."""
+    return write_config(os.path.dirname(path), cfg, GENERATION, name=os.path.basename(path))
 
 
-def stage_overrides(*, config_json: str, mode: str, tfds_dir: str, tokenizer: str, template: str, run_dir: str, steps: int,
-                    seed: int, lr: float, groups: int, batch: int = BATCH, init_from: str | None = None,
-                    progress: bool = True) -> list[str]:
-    """`key=value` overrides of the stage presets for the tiny CPU run."""
-    o = [f"model.config_json={config_json}", f"model.mode={mode}", f"model.init_seed={seed}", "model.compute_dtype=float32",
-         "model.remat_policy=none", "model.overrides={prefusion_layers: 1, compressor_size: 1}", "data.source=tfds", f"data.data_path=[{tfds_dir}]",
-         f"data.tokenizer_path={tokenizer}", f"data.template={template}", "data.max_length=192",
+def stage_overrides(*, config_json: str, mode: str, data_path: str, tokenizer: str, template: str, run_dir: str,
+                    steps: int, seed: int, lr: float, groups: int, batch: int = BATCH, init_from: str | None = None,
+                    progress: bool = True, prefusion_layers: int = 1, source: str = "tfds") -> list[str]:
+    """`key=value` overrides of the stage presets for the tiny CPU run (`source`: `tfds` for a
+    packed `data_path`, `json` for a LLaVA json file next to its images)."""
+    o = [f"model.config_json={config_json}", f"model.mode={mode}", f"model.init_seed={seed}",
+         "model.compute_dtype=float32", "model.remat_policy=none",
+         f"model.overrides={{prefusion_layers: {prefusion_layers}, compressor_size: 1}}", f"data.source={source}",
+         f"data.data_path=[{data_path}]",
+         f"data.tokenizer_path={tokenizer}", f"data.template={template}", "data.model_max_length=192",
          "data.group_by_modality_length=false", "data.read_threads=2", f"data.seed={seed}",
          "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1", "mesh.devices=1",
          f"train.global_batch_size={batch}", f"train.max_steps={steps}", f"train.seed={seed}",
@@ -73,11 +73,3 @@ def export_hf(step_dir: str, out_dir: str, tokenizer_dir: str) -> str:
     for name in os.listdir(tokenizer_dir):
         shutil.copy2(os.path.join(tokenizer_dir, name), out_dir)
     return out_dir
-
-
-@dataclasses.dataclass(frozen=True)
-class StageRun:
-    name: str
-    losses: dict
-    seconds: float
-    checkpoint: str

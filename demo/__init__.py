@@ -27,6 +27,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="rows per training step (both stages)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of both stages (nothing is pretrained)")
+    p.add_argument("--prefusion-layers", type=int, default=1, help="pre-fusion layers of the LLaVA-Mini model")
     p.add_argument("--no-baseline", action="store_true", help="skip the LLaVA-v1.5-mode comparison run")
     p.add_argument("--model", default=None, help="chat with this checkpoint instead (with --image)")
     p.add_argument("--image", default=None)
@@ -34,7 +35,7 @@ def add_parser(sub):
 
 
 def chat_with(model: str, image: str, prompt: str) -> int:
-    from ..chat import ChatSession
+    from llava_mini_jax.chat import ChatSession
     session = ChatSession(model)
     if image:
         session.set_image(image)
@@ -49,7 +50,7 @@ def run(args) -> int:
         return chat_with(args.model, args.image, args.prompt)
     run_demo(args.out, steps=args.steps, stage1_steps=args.stage1_steps, train_images=args.train_images,
              test_questions=args.test_questions, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
-             baseline=not args.no_baseline)
+             baseline=not args.no_baseline, prefusion_layers=args.prefusion_layers)
     return 0
 
 
@@ -69,10 +70,10 @@ def _say(msg: str) -> None:
 
 def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images: int = 6000,
              test_questions: int = 400, seed: int = 0, lr: float = 3e-3, batch_size: int = 32, baseline: bool = True,
-             progress: bool = True) -> dict:
+             progress: bool = True, prefusion_layers: int = 1) -> dict:
     """Runs the demo into `out`; returns the results (also written to `out/results.json`)."""
     _quiet_tfds()
-    from ..chat import ChatSession
+    from llava_mini_jax.chat import ChatSession
     from . import dataset, pipeline, report, shapes, tokenizer
     t0 = time.time()
     out = os.path.abspath(out)
@@ -83,28 +84,31 @@ def run_demo(out: str, steps: int = 1000, stage1_steps: int = 150, train_images:
                                  progress)
     tfds_dirs = dataset.pack_tfds(data)
     tok_dir = tokenizer.train_tokenizer(os.path.join(out, "tokenizer"), shapes.corpus() + list(data.captions[:500]))
-    from ..tokenizer import load_tokenizer
+    from llava_mini_jax.tokenizer import load_tokenizer
     vocab = load_tokenizer(tok_dir).vocab_size
-    configs = {m: pipeline.write_model_config(os.path.join(out, f"{m}_config.json"), pipeline.tiny_config(vocab, m))
+    configs = {m: pipeline.write_model_config(os.path.join(out, f"{m}_config.json"),
+                                              pipeline.tiny_config(vocab, m, prefusion_layers))
                for m in ("baseline", "mini")}
-    common = dict(tokenizer=tok_dir, seed=seed, lr=lr, batch=batch_size, progress=progress)
+    common = dict(tokenizer=tok_dir, seed=seed, lr=lr, batch=batch_size, progress=progress,
+                  prefusion_layers=prefusion_layers)
 
     _say(f"stage 1: LLaVA-v1.5 mode, projector only, {stage1_steps} steps on captions (plain template)")
     s1 = pipeline.run_stage("stage1", pipeline.stage_overrides(
-        config_json=configs["baseline"], mode="baseline", tfds_dir=tfds_dirs["stage1"], template="plain",
+        config_json=configs["baseline"], mode="baseline", data_path=tfds_dirs["stage1"], template="plain",
         run_dir=os.path.join(out, "runs", "stage1"), steps=stage1_steps, groups=1, **common))
     runs = {"stage1": s1}
     variants = [("mini", "LLaVA-Mini (1 token)")] + ([("baseline", "LLaVA-v1.5 mode")] if baseline else [])
     for mode, title in variants:
         _say(f"stage 2: {title}, {steps} steps on questions (vicuna_v1), projector from stage 1")
         runs[mode] = pipeline.run_stage("stage2", pipeline.stage_overrides(
-            config_json=configs[mode], mode=mode, tfds_dir=tfds_dirs["stage2"], template="vicuna_v1",
+            config_json=configs[mode], mode=mode, data_path=tfds_dirs["stage2"], template="vicuna_v1",
             run_dir=os.path.join(out, "runs", f"stage2_{mode}"), steps=steps, groups=2,
             init_from=os.path.join(out, "runs", "stage1"), **common))
 
     _say("export to HF safetensors (convert.jax_to_hf), reload with load_pretrained, evaluate with generate")
     test = report.load_test(data.test_json)
-    rows, results = [], {"seed": seed, "lr": lr, "batch_size": batch_size, "steps": steps, "stage1_steps": stage1_steps, "train_images": train_images}
+    rows, results = [], {"seed": seed, "lr": lr, "batch_size": batch_size, "steps": steps, "stage1_steps": stage1_steps,
+                         "train_images": train_images, "prefusion_layers": prefusion_layers}
     probe = os.path.join(data.image_folder, test[0]["image"])
     for mode, title in variants:
         hf_dir = pipeline.export_hf(runs[mode].last_checkpoint, os.path.join(out, "hf", mode), tok_dir)

@@ -78,7 +78,7 @@ def write_dataset(root: str, num_train: int = 6000, num_test: int = 400, size: i
 
 def pack_tfds(data: DemoData) -> dict:
     """Both training sets as TFDS ArrayRecord datasets: `{"stage1": dir, "stage2": dir}`."""
-    from ..data.tfds_builder import build_tfds
+    from llava_mini_jax.data.tfds_builder import build_tfds
     out = os.path.join(data.root, "tfds")
     return {name: build_tfds(path, out, name=name, image_folder=data.image_folder)
             for name, path in (("stage1", data.stage1_json), ("stage2", data.stage2_json))}

@@ -1,6 +1,6 @@
 """Checkpoint conversion benchmark: peak memory and throughput of HF -> JAX -> HF.
 
-    python benchmarks/convert.py [--tiny] [--gb 3.5] [--shards 4] [--dtype float16]
+    python -m benchmarks.conversion [--tiny] [--gb 3.5] [--shards 4] [--dtype float16]
         [--workdir DIR] [--keep] [--no-verify] [--json PATH]
 
 Builds a synthetic LLaVA-Mini HF checkpoint of about `--gb` GB (Llama-shaped LLM, vocab 32000,
@@ -29,14 +29,12 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from convert.dtypes import DTYPES  # noqa: E402
-from convert.hf_writer import nbytes, plan_shards, write_hf_weights  # noqa: E402
-from convert.layout import expected_tensors  # noqa: E402
-from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig  # noqa: E402
-from llava_mini_jax.safetensors_io import CheckpointReader  # noqa: E402
+from benchmarks.common import ROOT
+from convert.dtypes import DTYPES
+from convert.hf_writer import nbytes, plan_shards, write_hf_weights
+from convert.layout import expected_tensors
+from llava_mini_jax.config import ClipVisionConfig, LlavaMiniConfig
+from llava_mini_jax.safetensors_io import CheckpointReader
 
 GB = 1e9
 CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,

@@ -13,8 +13,9 @@ from flax import linen as nn
 from PIL import Image
 from tqdm import tqdm
 
-from ..conversation import build_inference_prompt, tokenizer_image_token
-from ..generate import generate
+from llava_mini_jax.conversation import build_inference_prompt, tokenizer_image_token
+from llava_mini_jax.generate import generate
+
 from .shapes import CHANCE
 
 
@@ -53,10 +54,9 @@ def prefill_flops(session, image_path: str) -> float:
     """FLOPs of the jitted prefill (vision, compressor, pre-fusion, splice, LLM) for one image and
     the prompt, from XLA's cost analysis of the compiled program (layers unrolled: XLA counts a
     scanned layer body once)."""
-    from ..loading import abstract_params
-    from ..model import LlavaMini
-    cfg = session.model.config.__class__(**{**session.model.config.__dict__, "scan_layers": False})
-    model = LlavaMini(cfg)
+    from llava_mini_jax.loading import abstract_params
+    from llava_mini_jax.model import LlavaMini
+    model = LlavaMini(session.model.config, scan_layers=False)
     ids, pixels = _prompt(session, image_path)
     shapes = nn.unbox(abstract_params(model))
 
@@ -118,7 +118,7 @@ def attention_png(session, test: list[dict], image_folder: str, path: str, count
 
 def real_size_flops(prompt_tokens: int = 64) -> dict:
     """Analytic prefill TFLOPs per image at the paper's size (CLIP-L/336 + Vicuna-7B)."""
-    from ..flops import real_size_config, request_flops
+    from llava_mini_jax.flops import real_size_config, request_flops
     return {mode: sum(request_flops(real_size_config(mode=mode), 1, prompt_tokens + 1).values()) / 1e12
             for mode in ("mini", "baseline")}
 

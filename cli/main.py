@@ -1,8 +1,14 @@
-"""`llava-mini-jax` command line: `demo`, `chat`, `eval`, `train`."""
+"""`llava-mini-jax` command line: `demo`, `chat`, `eval`, `train`, `serve`.
+
+An application: it imports the library (`llava_mini_jax`) and the other applications (`demo`,
+`train`, `serve`), never the other way round. Each subcommand's module is imported only when that
+subcommand runs (`train` and `serve` parse their own arguments).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+
 
 
 def _add_chat(sub):
@@ -24,7 +30,8 @@ def _add_chat(sub):
 
 def run_chat(args) -> int:
     import jax.numpy as jnp
-    from .chat import ChatSession
+
+    from llava_mini_jax.chat import ChatSession
     session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype),
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)
@@ -53,26 +60,54 @@ def run_chat(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _add_serve(sub, wanted: bool):
+    """`serve` (the `serve` application: `serve.cli.add_parser` / `run`); its module is imported
+    only when the command is `serve`. Returns that module, or None."""
+    if not wanted:
+        sub.add_parser("serve", help="serve a checkpoint over HTTP (see `llava-mini-jax serve --help`)")
+        return None
+    try:
+        from serve import cli as serve_cli
+    except ModuleNotFoundError as e:
+        if e.name not in ("serve", "serve.cli"):
+            raise
+        sub.add_parser("serve", help="(unavailable: the `serve` package is not installed)")
+        return None
+    serve_cli.add_parser(sub)
+    return serve_cli
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser and `{command: module with run(args)}` for the subcommands that need one."""
+    import demo
+    from llava_mini_jax.eval import cli as eval_cli
     parser = argparse.ArgumentParser(prog="llava-mini-jax", description="LLaVA-Mini in JAX/Flax.")
     sub = parser.add_subparsers(dest="command")
-    from . import demo
     demo.add_parser(sub)
     _add_chat(sub)
-    from .eval import cli as eval_cli
     eval_cli.add_parser(sub)
     sub.add_parser("train", help="train (see `llava-mini-jax train --help`)", add_help=False)
+    runners = {"demo": demo, "eval": eval_cli}
+    serve_cli = _add_serve(sub, command == "serve")
+    if serve_cli is not None:
+        runners["serve"] = serve_cli
+    return parser, runners
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         from train.__main__ import main as train_main
         return train_main(argv[1:])
+    parser, runners = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if args.command == "chat":
         return run_chat(args)
-    if args.command == "demo":
-        return demo.run(args)
-    if args.command == "eval":
-        return eval_cli.run(args)
+    if args.command in runners:
+        return runners[args.command].run(args)
+    if args.command == "serve":
+        print("llava-mini-jax serve: error: the `serve` package is not installed", file=sys.stderr)
+        return 2
     parser.print_help()
     return 0
 
