@@ -1,4 +1,4 @@
-"""`llava-mini-jax` command line: `demo`, `chat`, `eval`, `train`."""
+"""`llava-mini-jax` command line: `demo`, `chat`, `eval`, `serve`, `train`."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     _add_chat(sub)
     from .eval import cli as eval_cli
     eval_cli.add_parser(sub)
+    from serve import cli as serve_cli
+    serve_cli.add_parser(sub)
     sub.add_parser("train", help="train (see `llava-mini-jax train --help`)", add_help=False)
     if argv[:1] == ["train"]:
         from train.__main__ import main as train_main
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
         return demo.run(args)
     if args.command == "eval":
         return eval_cli.run(args)
+    if args.command == "serve":
+        return serve_cli.run(args)
     parser.print_help()
     return 0
 
