@@ -369,7 +369,21 @@ class Engine:
             self._tokens[r] = self._index[r] = self._seeds[r] = self._t[r] = 0
             self._temps[r], self._top_p[r] = 0.0, 1.0
 
+    @property
+    def running(self) -> bool:
+        """Whether the loop thread is alive (False before `start`, after `stop` or a crash)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug: fail what is in flight rather than hang the callers
+            log.exception("the engine loop crashed")
+            with self._cond:
+                self._stopping = True
+            self._shutdown(ERROR)
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not (self._stopping or self._cancels or not self._paused and (self._pending or self.active)):
@@ -398,15 +412,16 @@ class Engine:
                 self._admit(slot, h)
             if self.active:
                 self._decode_and_emit()
-        self._shutdown()
+        self._shutdown(CANCELLED)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, reason: str) -> None:
+        error = "the engine stopped" if reason == ERROR else None
         for slot, s in enumerate(self._slots):
             if s is not None:
-                self._finish(slot, CANCELLED)
+                self._finish(slot, reason, error)
         with self._cond:
             while self._pending:
-                self._pending.popleft()._emit(Event((), CANCELLED))
+                self._pending.popleft()._emit(Event((), reason, error))
 
     def _admit(self, slot: int, handle: Handle) -> None:
         p = handle.request.sampling

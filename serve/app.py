@@ -2,7 +2,7 @@
 
     POST /v1/chat/completions   OpenAI chat completions (JSON, or server-sent events with "stream": true)
     GET  /v1/models             the one model served
-    GET  /health                200 {"status": "ok", ...} while the engine runs
+    GET  /health                200 {"status": "ok", ...} while the engine runs, else 503
     GET  /metrics               Prometheus text (serve/metrics.py)
     GET  /                      the chat page (serve/static/)
 
@@ -20,6 +20,7 @@ import time
 import uuid
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -59,7 +60,7 @@ async def _read_json(request: Request, limit: int):
         if len(body) > limit:
             raise ApiError(413, f"the body exceeds {limit} bytes (--max-body-bytes)")
     try:
-        return json.loads(body)
+        return json.loads(body) if len(body) < 2 ** 16 else await run_in_threadpool(json.loads, bytes(body))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
 
@@ -144,8 +145,10 @@ def create_app(service: ChatService, manage_engine: bool = True) -> Starlette:
 
     async def health(request: Request) -> Response:
         engine = service.engine
-        return JSONResponse({"status": "ok", "model": opts.model_name, "active_slots": engine.active,
-                             "slots": engine.max_batch, "queued": engine.queued})
+        ok = engine.running
+        return JSONResponse({"status": "ok" if ok else "engine not running", "model": opts.model_name,
+                             "active_slots": engine.active, "slots": engine.max_batch, "queued": engine.queued},
+                            status_code=200 if ok else 503)
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE)

@@ -16,6 +16,8 @@ def add_parser(subparsers):
     p.add_argument("--max-batch", type=int, default=8, help="KV-cache slots: requests decoded together")
     p.add_argument("--max-context", type=int, default=2048,
                    help="tokens per slot: prompt (vision tokens counted) + answer")
+    p.add_argument("--min-bucket", type=int, default=16,
+                   help="shortest prompt bucket: prompts pad to powers of two from here (fewer buckets, fewer compiles)")
     p.add_argument("--max-queue", type=int, default=256, help="requests that may wait for a slot; beyond: 429")
     p.add_argument("--api-key", default=os.environ.get("LLAVA_MINI_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLAVA_MINI_API_KEY, else none)")
@@ -47,7 +49,7 @@ def build(args):
 
     session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype))
     engine = Engine(session.model, session.params, max_batch=args.max_batch, max_context=args.max_context,
-                    max_queue=args.max_queue)
+                    max_queue=args.max_queue, min_bucket=args.min_bucket)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     options = ServeOptions(model_name=name, api_key=args.api_key, allow_local_media=args.allow_local_media,
                            max_image_pixels=args.max_image_pixels, max_frames=args.max_frames,

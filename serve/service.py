@@ -166,6 +166,8 @@ class ChatService:
             except QueueFull as e:
                 raise ApiError(429, f"the queue is full ({e}); retry later", code="queue_full",
                                kind="rate_limit_error") from None
+            except RuntimeError as e:  # stopped
+                raise ApiError(503, f"not serving: {e}", kind="server_error") from None
         finally:
             m.preparing -= 1
         try:

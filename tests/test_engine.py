@@ -185,3 +185,34 @@ def test_prompt_length_counts_vision_tokens(tiny_chat, media):
     ids = make_request(tiny_chat, "Hi", media["image0"]).input_ids
     assert eng.prompt_length(ids, media["image0"]) == ids.size  # one token replaces the placeholder
     assert eng.prompt_length(ids, media["video"]) == ids.size - 1 + VIDEO_FRAMES  # one per frame
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(tiny_chat):
+    eng = Engine(tiny_chat.model, tiny_chat.params, **GEOMETRY)
+    real, calls = eng._step, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(*args)
+
+    eng._step = flaky
+    with eng:
+        with pytest.raises(RuntimeError, match="decode step failed: injected"):
+            eng.submit(make_request(tiny_chat, "Hi", max_tokens=3)).result(timeout=60)
+        tokens, reason = eng.submit(make_request(tiny_chat, "Hi", max_tokens=3)).result(timeout=60)
+        assert len(tokens) == 3 and reason == "length" and eng.running
+
+
+def test_a_crashed_loop_fails_what_waits_and_refuses_more(tiny_chat):
+    eng = Engine(tiny_chat.model, tiny_chat.params, **GEOMETRY)
+    eng._admit = lambda slot, handle: 1 / 0  # a bug in the loop itself
+    with eng:
+        with pytest.raises(RuntimeError, match="the engine stopped"):
+            eng.submit(make_request(tiny_chat, "Hi")).result(timeout=60)
+        eng._thread.join(10)
+        assert not eng.running
+        with pytest.raises(RuntimeError, match="stopped"):
+            eng.submit(make_request(tiny_chat, "Hi"))
+
