@@ -40,8 +40,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import (GIB, STANDARD, TINY_STANDARD, abstract_param_tree, default_out, emit, is_out_of_memory,  # noqa: E402
-                    model_config, param_bytes, random_params_on_device, significant, write_results)
+from common import (GIB, STANDARD, TINY_STANDARD, abstract_param_tree, default_out, emit,  # noqa: E402
+                    is_out_of_memory, model_config, param_bytes, random_params_on_device, significant,
+                    write_results)
 from llava_mini_jax.config import IMAGE_TOKEN_INDEX  # noqa: E402
 from llava_mini_jax.engine import Engine, Request, SamplingParams  # noqa: E402
 from llava_mini_jax.generate import bucket_length, generate  # noqa: E402

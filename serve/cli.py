@@ -17,7 +17,8 @@ def add_parser(subparsers):
     p.add_argument("--max-context", type=int, default=2048,
                    help="tokens per slot: prompt (vision tokens counted) + answer")
     p.add_argument("--min-bucket", type=int, default=16,
-                   help="shortest prompt bucket: prompts pad to powers of two from here (fewer buckets, fewer compiles)")
+                   help="shortest prompt bucket: prompts pad to powers of two from here (fewer buckets, fewer "
+                        "compiles)")
     p.add_argument("--max-queue", type=int, default=256, help="requests that may wait for a slot; beyond: 429")
     p.add_argument("--api-key", default=os.environ.get("LLAVA_MINI_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLAVA_MINI_API_KEY, else none)")

@@ -84,7 +84,8 @@ def data_url(img, fmt="PNG") -> str:
 def user(text, url=None, kind="image"):
     if url is None:
         return {"role": "user", "content": text}
-    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": f"{kind}_url", f"{kind}_url": {"url": url}}]}
+    part = {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
+    return {"role": "user", "content": [{"type": "text", "text": text}, part]}
 
 
 def post(server, body, key=KEY, path="/v1/chat/completions", raw=None):
@@ -186,6 +187,8 @@ def test_answers_equal_chat_session(server, expect):
         (dict(messages=[user("Name a colour"), {"role": "assistant", "content": "Red."}, user("Another?")]),
          expect("Another?", history=[("Name a colour", "Red.")])),
         (dict(messages=[user("Look", "pic.png")]), expect("Look", image(0))),  # relative to --allow-local-media
+        (dict(messages=[user("And this clip?", _b64(open(video, "rb").read(), "video/x-matroska"), "video")]),
+         expect("And this clip?", video=video)),
     ]
     jpeg = io.BytesIO()
     image(1).save(jpeg, "JPEG")
@@ -257,7 +260,8 @@ BAD = [  # (name, body or raw bytes, key, status, words in the message)
     ("decompression bomb", {"model": "tiny", "messages": [user("x", _b64(_png_header(40000, 40000)))]}, KEY, 400,
      "1600000000 pixels"),
     ("too many images", {"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:,"}}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+        {"type": "image_url", "image_url": {"url": "data:,"}},
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]},
      KEY, 400, "at most one"),
     ("prompt too long", {"model": "tiny", "messages": [user("word " * 200)]}, KEY, 400, "context holds 128"),
     ("remote URL", {"model": "tiny", "messages": [user("x", "https://example.com/cat.png")]}, KEY, 400,

@@ -26,6 +26,7 @@ def test_text_exposition_reads_the_engine():
     text = m.text().decode()
     for line in ['llava_mini_requests_total{endpoint="/v1/chat/completions",status="429"} 1.0',
                  "llava_mini_queue_length 4.0", "llava_mini_active_slots 2.0", "llava_mini_slots 8.0",
-                 "llava_mini_generated_tokens_total 41.0", 'llava_mini_time_to_first_token_seconds_bucket{le="0.025"} 1.0']:
+                 "llava_mini_generated_tokens_total 41.0",
+                 'llava_mini_time_to_first_token_seconds_bucket{le="0.025"} 1.0']:
         assert line in text, line
     assert "python_gc" not in text  # a registry of its own, not the process-global one
