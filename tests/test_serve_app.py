@@ -396,7 +396,11 @@ def test_official_openai_client(server, expect):
 
 def test_chat_page_in_headless_chromium(server, expect, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
+    if not os.path.exists(CHROMIUM):
+        missing = f"{CHROMIUM} is missing: apt-get install chromium"
+        if os.environ.get("LLAVA_MINI_REQUIRE_BROWSER"):  # .ci/run sets it: CI never skips this test
+            pytest.fail(missing)
+        pytest.skip(missing)
     picture = tmp_path / "picture.png"
     image(4).save(picture)
     first_answer = expect("What do you see?", image(4))
