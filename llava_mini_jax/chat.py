@@ -45,6 +45,42 @@ def processor_config(model_dir: str, image_size: int) -> ImageProcessorConfig:
                                crop_width=image_size)
 
 
+def prompt_ids(question: str, template: str, tokenizer: Tokenizer, history=(), with_image: bool = False,
+               system: Optional[str] = None) -> list[int]:
+    """Token ids of the inference prompt for `question` after `history` (`(question, answer)` pairs):
+    the media placeholder (-200) goes into the first user turn when `with_image`; `system` replaces
+    the template's system prompt."""
+    prompt = build_inference_prompt(question, template, tokenizer, history, with_image=with_image, system=system)
+    return tokenizer_image_token(prompt, tokenizer)
+
+
+def media_pixels(config, processor: ImageProcessorConfig, image=None, video=None,
+                 max_frames: Optional[int] = None) -> Optional[np.ndarray]:
+    """Pixels for one image (`[P, 3, H, W]`: pad / resolution-ratio split as `config` says, inference
+    order) or video (`[T, P, 3, H, W]`, ~1 frame per second, at most `max_frames`), else None.
+    `image`: a path, a binary file object or a PIL image; `video`: a file or a folder of frames."""
+    if image is not None:
+        return process_image(load_image(image), config.image_aspect_ratio, config.resolution_ratio, processor,
+                             mode="inference")
+    if video is not None:
+        load = process_frame_folder if os.path.isdir(video) else process_video
+        return load(video, processor, config.resolution_ratio, "infer_1fps", max_frames)[0]
+    return None
+
+
+def eos_token_ids(generation, tokenizer: Tokenizer, template: str) -> list[int]:
+    """Ids that end an answer: the checkpoint's EOS (`generation`, the model's `GenerationConfig`),
+    the tokenizer's, and the template's stop string when it is one token."""
+    eos = set(generation.eos_token_ids)
+    if tokenizer.eos_id is not None:
+        eos.add(tokenizer.eos_id)
+    for s in stop_strings(template):
+        tid = tokenizer.token_to_id(s)
+        if tid is not None:
+            eos.add(tid)
+    return sorted(eos)
+
+
 def _trim_at_stop(text: str, stops) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
@@ -70,9 +106,7 @@ class ChatSession:
 
     def set_image(self, path) -> np.ndarray:
         """Preprocesses an image (inference order: split, then pad each part). Returns `[P, 3, H, W]`."""
-        cfg = self.model.config
-        self.pixels = process_image(load_image(path), cfg.image_aspect_ratio, cfg.resolution_ratio, self.processor,
-                                    mode="inference")
+        self.pixels = self.load_pixels(image=path)
         self.history = []
         return self.pixels
 
@@ -83,30 +117,14 @@ class ChatSession:
         return self.pixels
 
     def prompt_ids(self, question: str) -> list[int]:
-        prompt = build_inference_prompt(question, self.template, self.tokenizer, self.history,
-                                        with_image=self.pixels is not None)
-        return tokenizer_image_token(prompt, self.tokenizer)
+        return prompt_ids(question, self.template, self.tokenizer, self.history, with_image=self.pixels is not None)
 
     def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None) -> Optional[np.ndarray]:
         """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the session."""
-        cfg = self.model.config
-        if image is not None:
-            return process_image(load_image(image), cfg.image_aspect_ratio, cfg.resolution_ratio, self.processor,
-                                 mode="inference")
-        if video is not None:
-            load = process_frame_folder if os.path.isdir(video) else process_video
-            return load(video, self.processor, cfg.resolution_ratio, "infer_1fps", max_frames)[0]
-        return None
+        return media_pixels(self.model.config, self.processor, image, video, max_frames)
 
     def eos_ids(self) -> list[int]:
-        eos = set(self.model.generation.eos_token_ids)
-        if self.tokenizer.eos_id is not None:
-            eos.add(self.tokenizer.eos_id)
-        for s in stop_strings(self.template):
-            tid = self.tokenizer.token_to_id(s)
-            if tid is not None:
-                eos.add(tid)
-        return sorted(eos)
+        return eos_token_ids(self.model.generation, self.tokenizer, self.template)
 
     def answer_batch(self, questions, pixels, max_new_tokens: Optional[int] = None) -> list[str]:
         """Single-turn answers for a batch: `questions[i]` about `pixels[i]` (`[P, 3, H, W]`,
@@ -118,8 +136,7 @@ class ChatSession:
         answers: list[Optional[str]] = [None] * len(questions)
         stops = stop_strings(self.template)
         for shape, rows in groups.items():
-            prompts = [tokenizer_image_token(build_inference_prompt(questions[i], self.template, self.tokenizer,
-                                                                    with_image=shape is not None), self.tokenizer)
+            prompts = [prompt_ids(questions[i], self.template, self.tokenizer, with_image=shape is not None)
                        for i in rows]
             width = max(len(p) for p in prompts)
             ids = np.zeros((len(rows), width), np.int32)

@@ -197,7 +197,7 @@ def format_query(query: str, with_image: bool = True) -> str:
 def build_inference_prompt(question: str, template: str | Template,
                            tokenizer: Tokenizer | None = None,
                            history: Sequence[tuple[str, str]] = (), *,
-                           with_image: bool = True) -> str:
+                           with_image: bool = True, system: str | None = None) -> str:
     """The prompt the model answers `question` from, with an open assistant slot.
 
     The first user turn (the first question of `history`, else `question`) goes through
@@ -209,6 +209,7 @@ def build_inference_prompt(question: str, template: str | Template,
       tokenizer: needed by "chat" templates.
       history: earlier `(question, answer)` pairs, oldest first.
       with_image: whether the conversation carries an image / video.
+      system: replaces the template's system prompt (None: the template's).
 
     Returns:
       v1: `SYSTEM USER: <image>\\nQ ASSISTANT:`; v0: `SYSTEM###Human: <image>\\nQ###Assistant:`.
@@ -225,8 +226,8 @@ def build_inference_prompt(question: str, template: str | Template,
     first_role, first_text = messages[0]
     messages[0] = (first_role, format_query(first_text, with_image))
     if tpl.style == "chat":
-        return render_prompt(tpl, messages, tokenizer, add_generation_prompt=True)
-    return render_prompt(tpl, messages + [(ASSISTANT, None)], tokenizer)
+        return render_prompt(tpl, messages, tokenizer, system=system, add_generation_prompt=True)
+    return render_prompt(tpl, messages + [(ASSISTANT, None)], tokenizer, system=system)
 
 
 def tokenize_inference_prompt(question: str, template: str | Template, tokenizer: Tokenizer,

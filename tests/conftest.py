@@ -78,3 +78,10 @@ def assert_close(got, want, what="", **tol):
 @pytest.fixture(params=MODEL_FIXTURES)
 def model_fixture(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tiny_hf_checkpoint):
+    """A `ChatSession` on it: one model object, so the serving tests share their compiled functions."""
+    from llava_mini_jax.chat import ChatSession
+    return ChatSession(tiny_hf_checkpoint)

@@ -438,6 +438,11 @@ def test_text_only_inference_prompt(vicuna):
                                                        with_image=False)
 
 
+def test_inference_prompt_system_override():
+    prompt = conv.build_inference_prompt("Hi", "vicuna_v1", history=[("Q", "A")], system="Be terse.")
+    assert prompt == "Be terse. USER: <image>\nQ ASSISTANT: A</s>USER: Hi ASSISTANT:"
+
+
 # ------------------------------------------------------------------------------------------------
 # tokenizer_image_token
 # ------------------------------------------------------------------------------------------------
