@@ -37,7 +37,7 @@ def test_build_from_arguments(tiny_hf_checkpoint, tmp_path):
     service, _ = serve_cli.build(args)
     assert (service.engine.max_batch, service.engine.max_context) == (3, 96)
     o = service.options
-    assert (o.model_name, o.api_key, o.allow_local_media) == ("tiny", "k", str(tmp_path))
+    assert (o.model_name, o.api_key, o.allow_local_media) == (tiny_hf_checkpoint.name, "k", str(tmp_path))
     assert (o.max_tokens, o.temperature) == (5, 0.0)
     assert service.template == "vicuna_v1" and service.eos == (2,)
     with pytest.raises(ValueError, match="--warmup: unknown"):
@@ -65,7 +65,7 @@ def test_the_command_serves_on_loopback(tiny_hf_checkpoint):
                 time.sleep(0.2)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         conn.request("POST", "/v1/chat/completions", json.dumps(
-            {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+            {"model": tiny_hf_checkpoint.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
             {"Content-Type": "application/json"})
         resp = conn.getresponse()
         body = json.loads(resp.read())
