@@ -17,9 +17,13 @@ import numpy as np
 from flax import linen as nn
 
 from .interpolate import resize_grid_bicubic
-from .layers import dense, layer_norm
+from .layers import constrain, dense, layer_norm
 
 Dtype = Any
+
+ACT = ("activation_batch", "activation_length", "activation_embed")  # [B, K or Q, d]
+ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")  # [B, K, h, hd]
+ACT_SCORES = ("activation_batch", "activation_heads", None, None)  # [B, h, Q, K]
 
 
 def sincos_pos_embed(dim: int, size: int) -> np.ndarray:
@@ -68,7 +72,7 @@ class Compressor(nn.Module):
         key_pos = resize_grid_bicubic(pos_embed.reshape(self.size, self.size, d), side).reshape(k, d)
 
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        kv = layer_norm(self.eps, name="ln_kv", **kw)(x)
+        kv = layer_norm(self.eps, name="ln_kv", **kw)(constrain(x, ACT))
         q = layer_norm(self.eps, name="ln_q", **kw)(query)
         bound = math.sqrt(6.0 / (4 * d))  # xavier-uniform of the packed [3d, d] in_proj
         init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
@@ -76,13 +80,13 @@ class Compressor(nn.Module):
         proj = lambda name: dense((self.num_heads, hd), heads, use_bias=True, bias_names=heads[1:],  # noqa: E731
                                   kernel_init=init, name=name, **kw)
         qp = proj("q_proj")(q + pos_embed.astype(self.dtype))  # [Q, h, hd]
-        kp = proj("k_proj")(kv + key_pos.astype(self.dtype))  # [B, K, h, hd]
-        vp = proj("v_proj")(kv)
+        kp = constrain(proj("k_proj")(kv + key_pos.astype(self.dtype)), ACT_HEADS)  # [B, K, h, hd]
+        vp = constrain(proj("v_proj")(kv), ACT_HEADS)
         logits = jnp.einsum("qhe,bkhe->bhqk", qp, kp, preferred_element_type=jnp.float32) * (hd ** -0.5)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp)
-        out = dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
-                    bias_names=("vision_embed",), name="out_proj", **kw)(out)
+        weights = jax.nn.softmax(constrain(logits, ACT_SCORES), axis=-1)
+        out = constrain(jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp), ACT_HEADS)
+        out = constrain(dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
+                              bias_names=("vision_embed",), name="out_proj", **kw)(out), ACT)
         attn = weights.mean(axis=1)
         self.sow("intermediates", "compressor_attn", attn)
         return out, attn
