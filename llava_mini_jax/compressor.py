@@ -2,9 +2,10 @@
 
 One `nn.MultiheadAttention`-style layer (SPEC A §3): queries `LN_q(query) + pos_embed`, keys
 `LN_kv(x) + key_pos_embed`, values `LN_kv(x)` (no pos-embed), 8 heads, biased q/k/v and out
-projections. `pos_embed` is the fixed 2-D sin-cos table (never trained: `stop_gradient`); for a
-key grid of side s != C it is resized to s x s with torch-compatible bicubic. The width is the
-vision width (library decision D1; the reference hard-codes 1024).
+projections. `pos_embed` starts as the 2-D sin-cos table and is a parameter like the others (the
+reference trains it in stage 2, SPEC D15; freezing it is the optimiser's business); for a key
+grid of side s != C it is resized to s x s with torch-compatible bicubic. The width is the vision
+width (library decision D1; the reference hard-codes 1024).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class Compressor(nn.Module):
         table = sincos_pos_embed(d, self.size)
         pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
             lambda *_: jnp.asarray(table, self.param_dtype), names), (q_count, d), self.param_dtype)
-        pos_embed = jax.lax.stop_gradient(pos_embed).astype(jnp.float32)
+        pos_embed = pos_embed.astype(jnp.float32)
         key_pos = resize_grid_bicubic(pos_embed.reshape(self.size, self.size, d), side).reshape(k, d)
 
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

@@ -189,8 +189,8 @@ class ParamGroup:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW over parameter groups. A param in no group, or matching `freeze`, is frozen (no
-    gradient taken, no optimiser state). The vision tower and the compressor's sin-cos `pos_embed`
-    are always frozen. `no_decay` regexes: params that never get weight decay (biases and norm
+    gradient taken, no optimiser state), and so is every param the loss cannot reach (the vision
+    tower; the token embedding in LLaVA-Mini mode). `no_decay` regexes: params that never get weight decay (biases and norm
     scales, as the reference)."""
 
     b1: float = 0.9

@@ -26,7 +26,7 @@ from llava_mini_jax.sharding import make_mesh
 from .config import ConfigError, TrainConfig
 from .model_setup import build_model
 from .multihost import global_batch
-from .optimizer import ParamPlan, make_optimizer, plan_params, tree_paths
+from .optimizer import ParamPlan, make_optimizer, model_no_gradient_params, plan_params, tree_paths
 from .state import TrainState, axis_rules, param_shardings, split, state_shardings, with_shardings
 from .step import StepSpec, batch_sharding, jit_train_step, make_train_step
 
