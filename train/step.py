@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llava_mini_jax.config import IGNORE_INDEX
 from llava_mini_jax.loss import token_cross_entropy
-from llava_mini_jax.sharding import activation_sharding
+from llava_mini_jax.sharding import LOGICAL_AXIS_RULES, activation_sharding
 
 from .state import TrainState, join, replicated, split
 
@@ -69,6 +69,9 @@ def row_weights(model: nn.Module, spec: StepSpec, batch: dict) -> jnp.ndarray:
     """`[A, rows]` float32 weight of each row's CE sum under `reference`: one over the supervised
     tokens of its mean (the rows whose `row_index // reference_rows` agree), from the whole step's
     labels (no forward pass)."""
+    if "row_index" not in batch:
+        raise ValueError("loss_reduction=reference needs batch['row_index'] [A, rows], each row's place in the "
+                         "sampler's order of the global batch (Trainer.put_batch adds it)")
     flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
     labels = model.apply({}, flat["input_ids"], flat["attention_mask"], flat.get("images"), flat["labels"],
                          method=type(model).spliced_labels)
@@ -158,11 +161,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, trainabl
         loss = aux["objective"] / norm
         grad_norm = optax.tree.norm(grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        new_params, opt_state = keep(new_params, params), keep(opt_state, state.opt_state)
+
+        def update(params, opt_state, grads):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+        # a conditional, not a select of new against old values: the update then runs in place in the
+        # donated buffers instead of holding new params and AdamW moments beside the old ones
+        new_params, opt_state = jax.lax.cond(ok, update, lambda p, s, g: (p, s), params, state.opt_state, grads)
         count = state.step - state.skipped  # the optimiser's update count before this step
         metrics = dict(loss=loss, grad_norm=grad_norm, supervised_tokens=aux["supervised"], tokens=aux["tokens"],
                        finite=ok, skipped=state.skipped + (~ok).astype(jnp.int32))
@@ -176,8 +182,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, trainabl
 
 def mesh_context(mesh, rules):
     """The mesh and the logical axis rules while tracing, so that the model's activation constraints
-    (`layers.constrain`) apply (`sharding.activation_sharding`). No mesh: nothing is set."""
-    return activation_sharding(mesh, rules)
+    (`layers.constrain`) apply (`sharding.activation_sharding`; `rules=None`: the library's table).
+    No mesh: nothing is set."""
+    return activation_sharding(mesh, LOGICAL_AXIS_RULES if rules is None else rules)
 
 
 def batch_sharding(mesh) -> NamedSharding:
