@@ -167,8 +167,8 @@ def loss_memory(vocab: int, width: int, rows: int, seq_len: int, chunk: int, com
             return chunked_cross_entropy(h, w, labels, chunk, compute_dtype)[0].sum()
         logits = jnp.einsum("btd,dv->btv", h, w.astype(compute_dtype), preferred_element_type=jnp.float32)
         return token_cross_entropy(logits, labels)[0]
-    args = (jax.ShapeDtypeStruct((rows, seq_len, width), compute_dtype), jax.ShapeDtypeStruct((width, vocab), jnp.float32),
-            jax.ShapeDtypeStruct((rows, seq_len), jnp.int32))
+    args = (jax.ShapeDtypeStruct((rows, seq_len, width), compute_dtype),
+            jax.ShapeDtypeStruct((width, vocab), jnp.float32), jax.ShapeDtypeStruct((rows, seq_len), jnp.int32))
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
     return planned_bytes(compiled)["total_bytes"]
 
