@@ -13,9 +13,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .config import ClipVisionConfig
-from .layers import dense, layer_norm, run_layers
+from .layers import constrain, dense, layer_norm, run_layers
 
 Dtype = Any
+
+# Logical names of the activations (see `sharding.LOGICAL_AXIS_RULES`): the vision tower's rows
+# (images) are a batch dimension and its residual stream follows the LLM's.
+ACT = ("activation_batch", "activation_length", "activation_embed")  # [n, N+1, d]
+ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")
 
 
 def quick_gelu(x):
@@ -43,19 +49,20 @@ class ClipLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = (cfg.num_heads, cfg.head_dim)
         qkv_names = ("vision_embed", "vision_heads", "head_dim")
+        x = constrain(x, ACT)
         h = layer_norm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x)
-        q = dense(heads, qkv_names, use_bias=True, bias_names=qkv_names[1:], name="q_proj", **kw)(h)
-        k = dense(heads, qkv_names, use_bias=True, bias_names=qkv_names[1:], name="k_proj", **kw)(h)
-        v = dense(heads, qkv_names, use_bias=True, bias_names=qkv_names[1:], name="v_proj", **kw)(h)
-        attn = jax.nn.dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5)
-        x = x + dense(cfg.hidden_size, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
-                      bias_names=("vision_embed",), name="out_proj", **kw)(attn)
+        proj = lambda name: constrain(dense(heads, qkv_names, use_bias=True, bias_names=qkv_names[1:],  # noqa: E731
+                                            name=name, **kw)(h), ACT_HEADS)
+        q, k, v = proj("q_proj"), proj("k_proj"), proj("v_proj")
+        attn = constrain(jax.nn.dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5), ACT_HEADS)
+        x = constrain(x + dense(cfg.hidden_size, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1),
+                                use_bias=True, bias_names=("vision_embed",), name="out_proj", **kw)(attn), ACT)
         h = layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x)
         h = dense(cfg.intermediate_size, ("vision_embed", "vision_mlp"), use_bias=True, bias_names=("vision_mlp",),
                   name="fc1", **kw)(h)
-        h = activation(cfg.hidden_act)(h)
-        x = x + dense(cfg.hidden_size, ("vision_mlp", "vision_embed"), use_bias=True, bias_names=("vision_embed",),
-                      name="fc2", **kw)(h)
+        h = constrain(activation(cfg.hidden_act)(constrain(h, ACT_MLP)), ACT_MLP)
+        x = constrain(x + dense(cfg.hidden_size, ("vision_mlp", "vision_embed"), use_bias=True,
+                                bias_names=("vision_embed",), name="fc2", **kw)(h), ACT)
         return x, None
 
 
@@ -93,7 +100,7 @@ class ClipVisionEncoder(nn.Module):
         x = jnp.einsum("nyxcij,cijd->nyxd", patches, patch_kernel.astype(self.dtype)).reshape(n, g * g, -1)
         cls = jnp.broadcast_to(class_emb.astype(self.dtype), (n, 1, cfg.hidden_size))
         x = jnp.concatenate([cls, x], axis=1) + pos_emb.astype(self.dtype)[None]
-        x = layer_norm(cfg.layer_norm_eps, name="pre_layrnorm", **kw)(x)
+        x = layer_norm(cfg.layer_norm_eps, name="pre_layrnorm", **kw)(constrain(x, ACT))
         x, _ = run_layers(ClipLayer, dict(config=cfg, **kw), cfg.num_layers, x, (), (None,),
                           scan=self.scan_layers, initializing=self.is_initializing(), num_used=num_layers)
         post = layer_norm(cfg.layer_norm_eps, name="post_layernorm", **kw)

@@ -2,9 +2,10 @@
 
 One `nn.MultiheadAttention`-style layer (SPEC A §3): queries `LN_q(query) + pos_embed`, keys
 `LN_kv(x) + key_pos_embed`, values `LN_kv(x)` (no pos-embed), 8 heads, biased q/k/v and out
-projections. `pos_embed` is the fixed 2-D sin-cos table (never trained: `stop_gradient`); for a
-key grid of side s != C it is resized to s x s with torch-compatible bicubic. The width is the
-vision width (library decision D1; the reference hard-codes 1024).
+projections. `pos_embed` starts as the 2-D sin-cos table and is a parameter like the others (the
+reference trains it in stage 2, SPEC D15; freezing it is the optimiser's business); for a key
+grid of side s != C it is resized to s x s with torch-compatible bicubic. The width is the vision
+width (library decision D1; the reference hard-codes 1024).
 """
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from flax import linen as nn
 from . import initializers
 from .initializers import sincos_pos_embed
 from .interpolate import resize_grid_bicubic
-from .layers import dense, layer_norm
+from .layers import constrain, dense, layer_norm
 
 Dtype = Any
+
+ACT = ("activation_batch", "activation_length", "activation_embed")  # [B, K or Q, d]
+ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")  # [B, K, h, hd]
+ACT_SCORES = ("activation_batch", "activation_heads", None, None)  # [B, h, Q, K]
 
 
 class Compressor(nn.Module):
@@ -53,24 +58,24 @@ class Compressor(nn.Module):
         table = sincos_pos_embed(d, self.size)
         pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
             lambda *_: jnp.asarray(table, self.param_dtype), names), (q_count, d), self.param_dtype)
-        pos_embed = jax.lax.stop_gradient(pos_embed).astype(jnp.float32)
+        pos_embed = pos_embed.astype(jnp.float32)
         key_pos = resize_grid_bicubic(pos_embed.reshape(self.size, self.size, d), side).reshape(k, d)
 
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        kv = layer_norm(self.eps, name="ln_kv", **kw)(x)
+        kv = layer_norm(self.eps, name="ln_kv", **kw)(constrain(x, ACT))
         q = layer_norm(self.eps, name="ln_q", **kw)(query)
         init = initializers.packed_in_proj(d)  # the reference's packed [3d, d] in_proj, split in three
         heads = ("vision_embed", "vision_heads", "head_dim")
         proj = lambda name: dense((self.num_heads, hd), heads, use_bias=True, bias_names=heads[1:],  # noqa: E731
                                   kernel_init=init, name=name, **kw)
         qp = proj("q_proj")(q + pos_embed.astype(self.dtype))  # [Q, h, hd]
-        kp = proj("k_proj")(kv + key_pos.astype(self.dtype))  # [B, K, h, hd]
-        vp = proj("v_proj")(kv)
+        kp = constrain(proj("k_proj")(kv + key_pos.astype(self.dtype)), ACT_HEADS)  # [B, K, h, hd]
+        vp = constrain(proj("v_proj")(kv), ACT_HEADS)
         logits = jnp.einsum("qhe,bkhe->bhqk", qp, kp, preferred_element_type=jnp.float32) * (hd ** -0.5)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp)
-        out = dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
-                    bias_names=("vision_embed",), name="out_proj", **kw)(out)
+        weights = jax.nn.softmax(constrain(logits, ACT_SCORES), axis=-1)
+        out = constrain(jnp.einsum("bhqk,bkhe->bqhe", weights.astype(self.dtype), vp), ACT_HEADS)
+        out = constrain(dense(d, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1), use_bias=True,
+                              bias_names=("vision_embed",), name="out_proj", **kw)(out), ACT)
         attn = weights.mean(axis=1)
         self.sow("intermediates", "compressor_attn", attn)
         return out, attn

@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import LlavaMiniConfig
 from .model import LlavaMini, validate_inputs
+from .sharding import activation_sharding, mesh_of
 from .splice import spliced_length
 
 
@@ -171,15 +172,18 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
 
     prefill, step = _compiled(model, float(temperature), top_k, top_p)
     key = _as_key(rng)
-    token, lengths, cache = prefill(params, jnp.asarray(ids), jnp.asarray(mask),
-                                    None if images is None else jnp.asarray(images, jnp.float32), key,
-                                    cache_size=cache_size, chunk=prefill_chunk)
+    mesh = mesh_of(params)  # params sharded over a mesh: activations follow the logical rules too
+    with activation_sharding(mesh):
+        token, lengths, cache = prefill(params, jnp.asarray(ids), jnp.asarray(mask),
+                                        None if images is None else jnp.asarray(images, jnp.float32), key,
+                                        cache_size=cache_size, chunk=prefill_chunk)
     out = np.full((b, max_new_tokens), pad_token_id, np.int32)
     done = np.zeros(b, bool)
     eos_arr = np.asarray(eos, np.int32)
     for t in range(max_new_tokens):
         if t:
-            token, cache = step(params, token, lengths + (t - 1), cache, key, t)
+            with activation_sharding(mesh):
+                token, cache = step(params, token, lengths + (t - 1), cache, key, t)
         host = np.asarray(token)
         host = np.where(done, pad_token_id, host)
         out[:, t] = host

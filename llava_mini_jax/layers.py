@@ -1,7 +1,9 @@
-"""Small building blocks shared by the towers: dense layers with logical axis names, norms, scanning.
+"""Small building blocks shared by the towers: dense layers with logical axis names, activation
+constraints, norms, scanning.
 
-Every parameter is declared through `nn.with_logical_partitioning` with names from
-`sharding.LOGICAL_AXIS_RULES`; model code never names a mesh axis.
+Every parameter is declared at its full rank through `nn.with_logical_partitioning`, and the main
+activations are constrained with `constrain`, both with names from `sharding.LOGICAL_AXIS_RULES`;
+model code never names a mesh axis.
 """
 from __future__ import annotations
 
@@ -19,19 +21,69 @@ Names = Sequence[Optional[str]]
 default_kernel_init = hf_default()  # HF `_init_weights` (initializer_range 0.02)
 
 
+class DenseGeneral(nn.Module):
+    """`y = x . kernel (+ bias)`, contracting the input axes `axis` with a full-rank kernel.
+
+    The kernel is declared at its full shape `[*in_dims, *features]` (e.g. `[embed, heads, head_dim]`)
+    and initialised at that shape, so its logical names apply to the array as stored (the MaxText
+    pattern): under a mesh and logical rules the kernel is constrained as declared. (Flax's
+    `nn.DenseGeneral` initialises a flattened 2-D kernel and applies the names to it, which fails under
+    a global mesh for kernels of rank > 2.) The output is `[*batch dims, *features]`; inputs and
+    kernel are cast to `dtype`.
+    """
+
+    features: tuple
+    kernel_names: tuple
+    axis: tuple = (-1,)
+    use_bias: bool = False
+    bias_names: tuple = ()
+    kernel_init: Callable = default_kernel_init
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        axis = tuple(sorted(a % x.ndim for a in self.axis))
+        if len(self.kernel_names) != len(axis) + len(self.features):
+            raise ValueError(f"dense {self.name}: {len(self.kernel_names)} kernel names {self.kernel_names} for a "
+                             f"kernel of rank {len(axis) + len(self.features)} (inputs {len(axis)}, features "
+                             f"{self.features})")
+        shape = tuple(x.shape[a] for a in axis) + tuple(self.features)
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_names)),
+                            shape, self.param_dtype)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((axis, tuple(range(len(axis)))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   tuple(self.bias_names)),
+                              tuple(self.features), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(features, names: Names, *, axis=-1, use_bias=False, bias_names: Optional[Names] = None,
           kernel_init: Callable = default_kernel_init, dtype: Dtype = jnp.float32,
-          param_dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.DenseGeneral:
-    """`nn.DenseGeneral` whose kernel (and bias) carry logical axis names.
+          param_dtype: Dtype = jnp.float32, name: Optional[str] = None) -> DenseGeneral:
+    """A `DenseGeneral` whose full-rank kernel (and bias) carry logical axis names.
 
     The kernel has shape `[*in_dims, *features]`, e.g. `[embed, heads, head_dim]` for a query
     projection; `names` names those dims in order.
     """
-    return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(kernel_init, tuple(names)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(bias_names or ())),
-        name=name)
+    features = (features,) if isinstance(features, int) else tuple(features)
+    axis = (axis,) if isinstance(axis, int) else tuple(axis)
+    return DenseGeneral(features=features, kernel_names=tuple(names), axis=axis, use_bias=use_bias,
+                        bias_names=tuple(bias_names or ()), kernel_init=kernel_init, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
+
+
+def constrain(x: jnp.ndarray, names: Names) -> jnp.ndarray:
+    """`x` constrained to the logical axes `names` (one per dim; see `sharding.LOGICAL_AXIS_RULES`).
+
+    A no-op unless a mesh (`jax.set_mesh`) and logical rules (`nn.logical_axis_rules`) are active.
+    """
+    if len(names) != x.ndim:
+        raise ValueError(f"constraint names {tuple(names)} for an array of shape {tuple(x.shape)}")
+    return nn.with_logical_constraint(x, tuple(names))
 
 
 def layer_norm(eps: float, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,

@@ -13,13 +13,19 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .config import LlamaConfig
-from .layers import RMSNorm, dense, run_layers
+from .layers import RMSNorm, constrain, dense, run_layers
+from .loss import chunked_cross_entropy
 from .rope import inverse_frequencies, rope_angles, apply_rope
 
 Dtype = Any
 Cache = dict  # {"k": [.., B, S, KV, hd], "v": [.., B, S, KV, hd]}
 
-ACT = ("activation_batch", "activation_length", "activation_embed")
+# Logical names of the activations (see `sharding.LOGICAL_AXIS_RULES`).
+ACT = ("activation_batch", "activation_length", "activation_embed")  # residual stream [B, T, D]
+ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")  # [B, T, H, hd]
+ACT_KV = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")  # [B, S, KV, hd]
+ACT_MLP = ("activation_batch", "activation_length", "activation_mlp")  # [B, T, I]
+ACT_VOCAB = ("activation_batch", "activation_length", "activation_vocab")  # logits [B, T, V]
 
 
 def write_cache(cache: jnp.ndarray, update: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -46,16 +52,17 @@ class Attention(nn.Module):
         q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), name="q_proj", **kw)(x)
         k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k_proj", **kw)(x)
         v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v_proj", **kw)(x)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(apply_rope(q, cos, sin), ACT_HEADS)
+        k, v = constrain(apply_rope(k, cos, sin), ACT_KV), constrain(v, ACT_KV)
         new_cache = None
         if cache is not None:
-            k = write_cache(cache["k"], k, cache_index)
-            v = write_cache(cache["v"], v, cache_index)
+            k = constrain(write_cache(cache["k"], k, cache_index), ACT_KV)
+            v = constrain(write_cache(cache["v"], v, cache_index), ACT_KV)
             new_cache = {"k": k, "v": v}
             k, v = k.astype(self.dtype), v.astype(self.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5)
+        out = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5), ACT_HEADS)
         out = dense(cfg.hidden_size, ("heads", "head_dim", "embed"), axis=(-2, -1), name="o_proj", **kw)(out)
-        return out, new_cache
+        return constrain(out, ACT), new_cache
 
 
 class MLP(nn.Module):
@@ -69,9 +76,10 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
-        return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(nn.silu(gate) * up)
+        gate = constrain(dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x), ACT_MLP)
+        up = constrain(dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x), ACT_MLP)
+        hidden = constrain(nn.silu(gate) * up, ACT_MLP)
+        return constrain(dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(hidden), ACT)
 
 
 class DecoderLayer(nn.Module):
@@ -85,11 +93,12 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.with_logical_constraint(x, ACT)
+        x = constrain(x, ACT)
         h = RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x)
         attn, new_cache = Attention(cfg, name="self_attn", **kw)(h, cos, sin, mask, cache, cache_index)
-        x = x + attn
-        x = x + MLP(cfg, name="mlp", **kw)(RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
+        x = constrain(x + attn, ACT)
+        x = constrain(x + MLP(cfg, name="mlp", **kw)(RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm",
+                                                             **kw)(x)), ACT)
         self.sow("intermediates", "output", x)
         return x, new_cache
 
@@ -155,16 +164,22 @@ class LlamaLM(nn.Module):
 
     def embed(self, ids: jnp.ndarray) -> jnp.ndarray:
         """Raw token embeddings `[B, L, D]` of `max(ids, 0)` (the placeholder -200 looks up row 0)."""
-        return self.embed_tokens(jnp.maximum(ids, 0))
+        return constrain(self.embed_tokens(jnp.maximum(ids, 0)), ACT)
+
+    def head(self) -> jnp.ndarray:
+        """The LM head `[D, V]` (the transposed token embedding when tied)."""
+        return self.embed_tokens.embedding.T if self.config.tie_word_embeddings else self.lm_head
 
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
         """Final norm + LM head: `[B, T, D] -> [B, T, V]` float32 (float32 accumulation)."""
         h = self.norm(h)
-        if self.config.tie_word_embeddings:
-            w = self.embed_tokens.embedding.T
-        else:
-            w = self.lm_head
-        return jnp.einsum("btd,dv->btv", h, w.astype(self.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h, self.head().astype(self.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ACT_VOCAB)
+
+    def chunked_cross_entropy(self, h: jnp.ndarray, labels: jnp.ndarray, chunk: int):
+        """Final norm, then the shifted CE of the LM head's logits `chunk` positions at a time (never
+        `[B, T, V]` at once): h `[B, T, D]`, labels `[B, T]` -> `(CE sum [B], supervised count [B])`."""
+        return chunked_cross_entropy(self.norm(h), self.head(), labels, chunk, self.dtype)
 
     def __call__(self, embeds, positions, mask, cache=None, cache_index=None):
         """embeds `[B, T, D]`, positions `[B, T]`, mask `[B, 1, T, S]` -> (logits `[B, T, V]` f32, cache)."""

@@ -27,7 +27,9 @@ from flax import linen as nn
 from .clip import ClipVisionEncoder
 from .compressor import Compressor
 from .config import IMAGE_TOKEN_INDEX, GenerationConfig, LlavaMiniConfig
-from .llama import DecoderStack, LlamaLM, causal_mask
+from .flops import vision_tokens
+from .layers import constrain
+from .llama import ACT, DecoderStack, LlamaLM, causal_mask
 from .loss import mean_cross_entropy
 from .prefusion import prefusion_attention, prefusion_positions, stitch_tiles, text_key_mask
 from .projector import Projector
@@ -131,6 +133,7 @@ class LlavaMini(nn.Module):
         h = self.vision_tower(pixels, self.config.num_vision_layers_used)
         if self.config.vision_select_feature == "patch":
             h = h[:, 1:]
+        h = constrain(h, ACT)
         self.sow("intermediates", "clip_features", h)
         return jax.lax.stop_gradient(h)
 
@@ -153,17 +156,17 @@ class LlavaMini(nn.Module):
         compressed, _ = self.compressor(comp_in)
         self.sow("intermediates", "compressor_in", comp_in)
         self.sow("intermediates", "compressor_out", compressed)
-        compressed = self.mm_projector(compressed)
+        compressed = constrain(self.mm_projector(compressed), ACT)
         self.sow("intermediates", "proj_compressed", compressed)
         self.sow("intermediates", "proj_global", projected_global)
-        x = jnp.concatenate(prefix + [compressed, raw.astype(self.dtype)], axis=1)
+        x = constrain(jnp.concatenate(prefix + [compressed, raw.astype(self.dtype)], axis=1), ACT)
         num_image = x.shape[1] - raw.shape[1]
         positions, key_mask = prefusion_positions(num_image, text_mask)
         self.sow("intermediates", "prefusion_x", x)
         out, _ = self.prefusion(x, positions, prefusion_attention(key_mask))
         q = compressed.shape[1]
-        fused = jnp.where(text_mask[..., None], raw.astype(out.dtype), out[:, num_image:])
-        return out[:, num_image - q:num_image], fused
+        fused = constrain(jnp.where(text_mask[..., None], raw.astype(out.dtype), out[:, num_image:]), ACT)
+        return constrain(out[:, num_image - q:num_image], ACT), fused
 
     def _encode_video_chunks(self, video, raw, text_mask):
         """video `[B, T, P, 3, H, W]` in chunks of `video_chunk_size` frames (all rows at once) ->
@@ -232,23 +235,55 @@ class LlavaMini(nn.Module):
         vision, text = self.encode_images(images, input_ids, attention_mask, labels)
         return splice(text, vision, input_ids, attention_mask, labels, self.config.max_length)
 
-    def __call__(self, input_ids, attention_mask=None, images=None, labels=None) -> LlavaMiniOutput:
-        """input_ids `[B, L]` (right-padded, at most one -200 per row), attention_mask `[B, L]`,
-        images `[B, P, 3, H, W]` / `[B, T, P, 3, H, W]` / None, labels `[B, L]` (-100 ignored) or None.
-        L' = min(L - 1 + Q*T, max_length) with images, L without."""
+    def _llm_hidden(self, input_ids, attention_mask, images, labels):
+        """`(hidden states [B, L', D] before the final norm, mask [B, L'], spliced labels [B, L'] or None)`."""
         input_ids = jnp.asarray(input_ids, jnp.int32)
         attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
         validate_inputs(input_ids, attention_mask, images)
         labels = None if labels is None else jnp.asarray(labels, jnp.int32)
         embeds, mask, spliced_labels = self.splice_inputs(input_ids, attention_mask, images, labels)
+        embeds = constrain(embeds, ACT)
         self.sow("intermediates", "llm_inputs_embeds", embeds)
         positions = jnp.broadcast_to(jnp.arange(embeds.shape[1], dtype=jnp.int32), mask.shape)
-        logits, _ = self.llm(embeds, positions, causal_mask(mask))
+        h, _ = self.llm.decoder(embeds, positions, causal_mask(mask))
+        return h, mask, (None if labels is None else spliced_labels)
+
+    def __call__(self, input_ids, attention_mask=None, images=None, labels=None) -> LlavaMiniOutput:
+        """input_ids `[B, L]` (right-padded, at most one -200 per row), attention_mask `[B, L]`,
+        images `[B, P, 3, H, W]` / `[B, T, P, 3, H, W]` / None, labels `[B, L]` (-100 ignored) or None.
+        L' = min(L - 1 + Q*T, max_length) with images, L without."""
+        h, mask, spliced_labels = self._llm_hidden(input_ids, attention_mask, images, labels)
+        logits = self.llm.logits(h)
         if labels is None:
             return LlavaMiniOutput(logits=logits, attention_mask=mask)
         loss, count = mean_cross_entropy(logits, spliced_labels)
         return LlavaMiniOutput(logits=logits, attention_mask=mask, loss=loss, num_target_tokens=count,
                                labels=spliced_labels)
+
+    def spliced_labels(self, input_ids, attention_mask, images, labels):
+        """The labels `[B, L']` that `__call__` returns (and the loss reads), from the inputs' values and
+        shapes alone: no vision tower and no LLM run. A training step counts each row's supervised
+        tokens with it before any forward pass."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        labels = jnp.asarray(labels, jnp.int32)
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if images is None:
+            return labels
+        shape = tuple(jnp.shape(images))
+        frames, parts = (shape[1], shape[2]) if len(shape) == 6 else (1, shape[1] if len(shape) == 5 else 1)
+        b, length = input_ids.shape
+        text = jnp.zeros((b, length, 0), jnp.float32)
+        vision = jnp.zeros((b, vision_tokens(self.config, parts, frames), 0), jnp.float32)
+        return splice(text, vision, input_ids, jnp.asarray(attention_mask), labels, self.config.max_length)[2]
+
+    def row_losses(self, input_ids, attention_mask, images, labels, chunk: int):
+        """The training forward without `[B, L', V]` logits: the LM head and the cross-entropy run
+        `chunk` positions at a time (`loss.chunked_cross_entropy`). Same inputs as `__call__` (labels
+        required). Returns `(CE sum [B], supervised-token count [B], real tokens [B])`, float32."""
+        h, mask, spliced_labels = self._llm_hidden(input_ids, attention_mask, images, labels)
+        ce, count = self.llm.chunked_cross_entropy(h, spliced_labels, chunk)
+        return ce, count, mask.sum(axis=1).astype(jnp.float32)
 
     # -- generation -------------------------------------------------------------------------------
     def prefill(self, embeds, mask, cache):

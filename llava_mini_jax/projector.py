@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .config import projector_layers
-from .layers import dense
+from .layers import constrain, dense
 
 Dtype = Any
 
@@ -35,4 +35,7 @@ class Projector(nn.Module):
                 x = jax.nn.gelu(x, approximate=False)
             names = ("vision_embed", "embed") if i == 0 else ("mlp", "embed")
             x = dense(self.out_dim, names, name=f"linear_{i}", **kw)(x)
+            if x.ndim == 3:  # [n, N, D]: batch, tokens, width (the middle width is the `mlp` of the kernels)
+                x = constrain(x, ("activation_batch", "activation_length",
+                                  "activation_embed" if i == n - 1 else "activation_mlp"))
         return x

@@ -1,15 +1,34 @@
 """The one table that maps logical axis names to mesh axes.
 
-Model code names the axes of every parameter (and of the main activations) with the logical
-names below; it never names a mesh axis. Training and loading turn those names into
-`NamedSharding`s over a mesh with axes (`data`, `fsdp`, `tensor`) through `LOGICAL_AXIS_RULES`.
+Model code names the axes of every parameter and of the main activations with the logical names
+below; it never names a mesh axis. Training, generation and loading turn those names into
+`NamedSharding`s over a mesh with axes (`data`, `fsdp`, `tensor`) through `LOGICAL_AXIS_RULES`:
+parameters through `logical_shardings`, activations through the `layers.constrain` calls in the
+model, which take effect under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`.
 When two dimensions of one array map to the same mesh axis, Flax gives it to one of them and
 leaves the other replicated (e.g. the projector's `[vision_embed, embed]` kernel becomes
-`P(None, "fsdp")`), so such shapes are valid. The residual stream (`activation_embed`) is
-replicated over `tensor`: tensor parallelism splits heads and MLP columns inside a layer.
+`P(None, "fsdp")`), so such shapes are valid.
+
+Activations (the LLM, the pre-fusion layers, the vision tower and the compressor alike):
+
+* `activation_batch` -> (`data`, `fsdp`): rows (images for the vision tower) are split over every
+  data-parallel device; FSDP gathers each layer's weights and keeps its own rows.
+* `activation_length` -> None: no sequence parallelism.
+* `activation_embed` -> None: the residual stream (and every width-D activation: embeddings,
+  projector outputs, the compressor's output) is replicated over `tensor`; tensor parallelism
+  splits only inside a layer. Putting it on `tensor` is also wrong on XLA:CPU (jax 0.10.2): after
+  a kernel whose output axis is on `fsdp` it computes wrong numbers (`tests/test_sharding.py`
+  keeps the 6-line reproduction as a canary).
+* `activation_heads`, `activation_kv_heads` -> `tensor`: queries, keys, values, the attention
+  output and the compressor's scores are split by head (Megatron attention).
+* `activation_mlp` -> `tensor`: the MLP's hidden columns (and the projector's middle width).
+* `activation_vocab` -> `tensor`: logits (one loss chunk's in training) split over the vocabulary;
+  the log-sum-exp reduces across `tensor`.
+* `activation_head_dim` -> None.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import jax
@@ -38,6 +57,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[object]], ...] = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
 )
 
@@ -66,6 +88,28 @@ def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> jax.sharding.Me
     """A mesh with axes (`data`, `fsdp`, `tensor`) of the given sizes; -1 takes the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
     return jax.sharding.Mesh(np.asarray(devices).reshape(mesh_shape(shape, len(devices))), MESH_AXES)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Optional[jax.sharding.Mesh], rules=LOGICAL_AXIS_RULES):
+    """Makes the model's activation constraints apply to what is traced inside: the mesh (as an
+    abstract mesh, so this works inside `jax.jit`'s trace as well as around a call) and the logical
+    rules. `mesh=None` sets nothing (constraints stay no-ops)."""
+    if mesh is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def mesh_of(tree) -> Optional[jax.sharding.Mesh]:
+    """The mesh of the first `NamedSharding` leaf of a tree of arrays spread over several devices
+    (e.g. params from `load_pretrained(mesh=...)`), else None."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
 
 
 def logical_shardings(boxed_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):

@@ -35,6 +35,25 @@ def test_dense_kernel_layout_and_logical_names():
     assert v.value.shape == (3, 4, 6) and "bias" not in out.init(jax.random.key(1), jnp.zeros((2, 3, 4)))["params"]
 
 
+def test_dense_full_rank_kernel_under_a_mesh():
+    """Under `jax.set_mesh` + the logical rules, the full-rank `[embed, heads, head_dim]` kernel initialises
+    and applies with its declared sharding (Flax's `nn.DenseGeneral` constrains its flattened 2-D kernel
+    with 3 names there and fails), and the result equals the unsharded one."""
+    from llava_mini_jax.sharding import LOGICAL_AXIS_RULES, make_mesh
+    module = dense((4, 8), ("embed", "heads", "head_dim"))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
+    mesh = make_mesh((2, 2, 2))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        params = jax.jit(lambda k: nn.unbox(module.init(k, x)["params"]))(jax.random.key(0))
+        y = jax.jit(lambda p, x: module.apply({"params": p}, x))(params, x)
+    assert tuple(params["kernel"].sharding.spec) + (None,) * (3 - len(params["kernel"].sharding.spec)) == (
+        "fsdp", "tensor", None)
+    want = np.einsum("ni,ihe->nhe", np.asarray(x), np.asarray(params["kernel"]))
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-6)
+    with pytest.raises(ValueError, match="kernel names"):
+        dense(3, ("embed", "heads", "head_dim")).init(jax.random.key(0), x)
+
+
 def test_layer_norm_matches_torch():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, 7, 16)) * 3 + 1).astype(np.float32)

@@ -1,5 +1,6 @@
-"""sharding.py: mesh construction, the logical rules applied to the model's abstract params, and a sharded
-forward equal to the unsharded one (8 host devices, set by conftest).
+"""sharding.py: mesh construction, the logical rules applied to the model's abstract params, a sharded
+forward (activation constraints on) and sharded generation equal to the unsharded ones (8 host devices,
+set by conftest), and the canary of the XLA:CPU miscompile the `activation_embed` rule avoids.
 
 Tolerance: sharded vs single-device logits atol = rtol = 1e-5 (float32; only the reduction order differs).
 """
@@ -16,7 +17,8 @@ from conftest import fixture_model
 from llava_mini_jax.config import LlamaConfig
 from llava_mini_jax.llama import LlamaLM, causal_mask
 from llava_mini_jax.loading import abstract_params
-from llava_mini_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, batch_sharding, logical_shardings, make_mesh
+from llava_mini_jax.sharding import (LOGICAL_AXIS_RULES, MESH_AXES, activation_sharding, batch_sharding,
+                                     logical_shardings, make_mesh, mesh_of)
 
 
 def test_eight_host_devices():
@@ -123,11 +125,63 @@ def test_sharded_forward_equals_single_device():
     q = sharded["decoder"]["layers"]["self_attn"]["q_proj"]["kernel"]
     assert q.sharding.spec == P(None, "fsdp", "tensor", None)
     assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)  # [layers, embed/2, heads/2, head_dim]
-    # No mesh context (as train/step.py): Flax's DenseGeneral cannot `apply` under a global mesh with logical
-    # rules (it constrains its flattened kernel inside the shape check), and with that worked around, XLA:CPU
-    # (jax 0.10.2) miscompiles the activation constraint [(data, fsdp), None, tensor] after an [embed->fsdp]
-    # kernel. Placement then follows the sharded params and batch.
-    got = jax.jit(apply)(sharded, jax.device_put(ids, batch_sharding(mesh)))
+    ids_sharded = jax.device_put(ids, batch_sharding(mesh))
+    with activation_sharding(mesh):  # the model's activation constraints apply
+        lowered = jax.jit(apply).lower(sharded, ids_sharded).as_text()
+        got = jax.jit(apply)(sharded, ids_sharded)
+    # residual stream replicated over tensor, heads and MLP columns and logits on tensor
+    for spec, shape in [('[{"data", "fsdp"}, {}, {}]', "4x8x32"), ('[{"data", "fsdp"}, {}, {"tensor"}, {}]', "4x8x4x8"),
+                        ('[{"data", "fsdp"}, {}, {"tensor"}]', "4x8x64")]:
+        assert f"<@mesh, {spec}> : tensor<{shape}xf32>" in lowered, spec
     assert not got.sharding.is_fully_replicated
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
     assert 0.5 < np.abs(want).max() < 50
+
+
+def test_generation_under_a_mesh_equals_the_reference():
+    """`generate` with params sharded over (2, 2, 2) runs prefill and decode under the mesh and the rules
+    (`mesh_of` finds it) and emits the reference's greedy tokens (`greedy.json`, first case)."""
+    import json
+    from conftest import FIXTURES, fixture_data
+    from llava_mini_jax.generate import generate
+    model, params = fixture_model("std")
+    _, inputs, _, _ = fixture_data("std")
+    cases = json.loads((FIXTURES / "std" / "greedy.json").read_text())
+    case = cases["cases"][0]
+    mesh = make_mesh((2, 2, 2))
+    sharded = jax.tree.map(jax.device_put, params, logical_shardings(abstract_params(model), mesh))
+    assert mesh_of(sharded) is mesh and mesh_of(params) is None
+    k = case["images_key"]
+    got = generate(model, sharded, np.array(case["input_ids"]), attention_mask=np.array(case["attention_mask"]),
+                   images=None if k is None else inputs[k], max_new_tokens=cases["max_new_tokens"],
+                   eos_token_ids=case["eos_token_ids"], pad_token_id=case["pad_token_id"])
+    np.testing.assert_array_equal(got, np.array(case["expected"]))
+
+
+def test_xla_cpu_miscompile_canary():
+    """XLA:CPU (jax 0.10.2) computes wrong numbers for `x + (x @ wu) @ wd` when x `[4, 8, 32]` is constrained to
+    `((data, fsdp), None, tensor)` with `wu` on `(fsdp, tensor)` and `wd` on `(tensor, fsdp)` over a (2, 2, 2)
+    mesh: a residual stream on `tensor` after a kernel whose output axis is on `fsdp`, which is what
+    `activation_embed -> tensor` would do in every MLP. The shipped rule (`activation_embed -> None`) computes it
+    right. If this canary fails because the tensor-placed variant became right, the miscompile is fixed (the
+    rule may then be revisited); if the replicated variant fails, the rules table is no longer safe."""
+    mesh = make_mesh((2, 2, 2))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 8, 32)), jnp.float32)
+    wu = jnp.asarray(rng.standard_normal((32, 64)) / 8, jnp.float32)
+    wd = jnp.asarray(rng.standard_normal((64, 32)) / 8, jnp.float32)
+    want = np.asarray(x + (x @ wu) @ wd)
+    put = lambda a, *spec: jax.device_put(a, jax.sharding.NamedSharding(mesh, P(*spec)))  # noqa: E731
+    args = put(x, ("data", "fsdp")), put(wu, "fsdp", "tensor"), put(wd, "tensor", "fsdp")
+
+    def residual_mlp(x, wu, wd, embed_axis):
+        x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None,
+                                                                                   embed_axis)))
+        return x + (x @ wu) @ wd
+    shipped = dict(LOGICAL_AXIS_RULES)["activation_embed"]
+    assert shipped is None
+    ok = np.asarray(jax.jit(residual_mlp, static_argnums=3)(*args, shipped))
+    np.testing.assert_allclose(ok, want, atol=1e-5, rtol=1e-5)
+    bad = np.asarray(jax.jit(residual_mlp, static_argnums=3)(*args, "tensor"))
+    if jax.default_backend() == "cpu":
+        assert np.abs(bad - want).max() > 0.1, "XLA:CPU no longer miscompiles the tensor-placed residual stream"

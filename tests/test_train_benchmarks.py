@@ -34,11 +34,22 @@ def test_train_memory_tiny(tmp_path, capsys):
     out = tmp_path / "train_memory.json"
     assert load("train_memory").main(["--tiny", "--out", str(out)]) == 0
     rows = _lines(capsys)
-    assert [r["devices"] for r in rows] == [1, 2, 8]
-    totals = [r["total_bytes"] for r in rows]
+    plan = [r for r in rows if r["kind"] == "plan"]
+    assert [r["devices"] for r in plan] == [1, 2, 8]
+    totals = [r["total_bytes"] for r in plan]
     assert totals[0] > totals[1] > totals[2]  # FSDP shards params, optimiser state and gradients
-    for r in rows:
+    for r in plan:
         assert r["activations_no_remat_gib"] >= r["activations_gib"]
+    compiled = [r for r in rows if r["kind"] == "compiled" and "figure" not in r]
+    assert [tuple(r["mesh"].values()) for r in compiled] == [(1, 1, 1), (2, 2, 2)]
+    for r in compiled:  # XLA's memory_analysis next to the plan
+        assert r["compiled"]["total_gib"] == r["compiled_gib"] and r["compiled_over_plan"] > 0
+        assert r["compiled"]["argument_gib"] >= r["state_gib"] - 1e-3  # the state is an argument of the step
+    assert compiled[1]["state_fraction_of_first_mesh"] < 0.5  # (2,2,2) shards params and AdamW state
+    figures = {r["figure"]: r for r in rows if "figure" in r}
+    assert figures["step_full_logits"]["compiled_full_logits_gib"] >= 0
+    loss = figures["loss_full_vs_chunked"]
+    assert set(loss) >= {"full_1_rows_gib", "chunked_1_rows_gib", "full_2_rows_gib", "chunked_2_rows_gib"}
     assert json.loads(out.read_text())["results"] == rows
 
 

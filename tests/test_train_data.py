@@ -1,10 +1,11 @@
 """train.data: the synthetic image-question set, global batches sharded over processes (the same
-rows whatever the process count), resumable iterators, and issue 5's pipeline config."""
+rows whatever the process count), resumable iterators, issue 5's pipeline config, and each row's place
+in the sampler's order of the global batch (what the `reference` reduction groups by)."""
 import numpy as np
 import pytest
 
 from llava_mini_jax.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from train.data import (GlobalBatchIndex, SyntheticImageQA, global_batches, llava_data_config,
+from train.data import (GlobalBatchIndex, SyntheticImageQA, global_batches, global_row_index, llava_data_config,
                         split_micro_batches)
 from train.tiny import tiny_model_config, tiny_train_config
 
@@ -79,3 +80,42 @@ def test_llava_pipeline_config():
     assert d.vision_tokens_per_frame == 1 and d.gradient_accumulation_steps == 1 and d.on_bad_sample == "skip"
     with pytest.raises(ValueError, match="set data.data_path"):
         llava_data_config(tiny_train_config("x.json", data={"source": "json"}), tiny_model_config(), 0, 1, 1)
+
+
+def test_global_row_index_synthetic_layout():
+    """Process p's rows (micro-batch-major) sit at `global_row_index` in the one-process order of the batch."""
+    cfg = tiny_train_config("x.json", train={"global_batch_size": 8, "grad_accum_steps": 2})
+    one = GlobalBatchIndex(64, 8, 2, 0, 1).rows(3)
+    seen = []
+    for p in range(2):
+        index = global_row_index(cfg, p, 2)
+        assert index.shape == (2, 2)
+        np.testing.assert_array_equal(one[index].reshape(-1), GlobalBatchIndex(64, 8, 2, p, 2).rows(3))
+        seen.extend(index.reshape(-1))
+    assert sorted(seen) == list(range(8))
+
+
+def test_llava_order_and_row_index_do_not_depend_on_the_process_count():
+    """With the sampler's per-device batch set (`sampler_batch_size`, the rows of one reference mean), the
+    length-grouped order of the global batch is the same for 1 and 2 processes, and process p's block of it
+    sits at `global_row_index`. Without it the 2-process order differs (the megabatch is dealt to hosts)."""
+    from llava_mini_jax.data.order import BatchOrder
+    rng = np.random.default_rng(0)
+    kinds = np.where(rng.random(40) < 0.7, 0, 2)  # image / text
+    words = rng.integers(5, 80, 40)
+    cfg = tiny_train_config("x.json", data={"source": "json"}, train={"global_batch_size": 8, "grad_accum_steps": 2})
+
+    def order(count, index, sampler):
+        return BatchOrder(kinds, words, 8 // count, index, count, seed=1, group_by_modality_length=True,
+                          sampler_batch_size=sampler)
+    one = order(1, 0, 2).host_batches(0)
+    for p in range(2):
+        host = order(2, p, 2).host_batches(0)
+        index = global_row_index(cfg, p, 2)
+        for step in range(len(one)):
+            np.testing.assert_array_equal(one[step][index].reshape(-1), host[step])
+    legacy_one, legacy_two = order(1, 0, None).host_batches(0), np.concatenate(
+        [order(2, p, None).host_batches(0) for p in range(2)], axis=1)
+    assert not np.array_equal(legacy_one, legacy_two)
+    with pytest.raises(ValueError, match="does not divide the megabatch"):
+        order(1, 0, 3)

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from train.config import ConfigError, OptimizerConfig, ParamGroup, ScheduleConfig
-from train.optimizer import NEVER_TRAINED, make_optimizer, plan_params
+from train.optimizer import make_optimizer, model_no_gradient_params, no_gradient_params, plan_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -22,23 +22,67 @@ STAGE2 = OptimizerConfig(groups=(ParamGroup("projector", ("mm_projector",), 1e-5
 STAGE1 = OptimizerConfig(groups=(ParamGroup("projector", ("mm_projector",), 1e-3),))
 
 
-def test_stage2_groups_and_always_frozen():
-    plan = plan_params(PATHS, STAGE2)
+NO_GRADIENT = frozenset({("vision_tower", "layers", "q_proj", "kernel"), ("llm", "embed_tokens", "embedding")})
+
+
+def test_stage2_groups_and_params_without_gradient():
+    plan = plan_params(PATHS, STAGE2, NO_GRADIENT)
     g = plan.groups
     assert g[("vision_tower", "layers", "q_proj", "kernel")] is None
-    assert g[("compressor", "pos_embed")] is None  # fixed sin-cos table: never trained
+    assert g[("llm", "embed_tokens", "embedding")] is None  # no gradient path: no state, no decay
     assert g[("mm_projector", "linear_0", "kernel")] == g[("mm_projector", "linear_0", "bias")] == "projector"
-    for p in [("compressor", "query"), ("prefusion", "layers", "mlp", "up_proj", "kernel"), ("llm", "lm_head"),
-              ("llm", "embed_tokens", "embedding"), ("llm", "norm", "scale")]:
-        assert g[p] == "default", p
+    for p in [("compressor", "query"), ("compressor", "pos_embed"), ("prefusion", "layers", "mlp", "up_proj", "kernel"),
+              ("llm", "lm_head"), ("llm", "norm", "scale")]:
+        assert g[p] == "default", p  # pos_embed trains as in the reference (SPEC D15)
     # decay mask as the reference: not biases, not norms
     assert not plan.decay[("mm_projector", "linear_0", "bias")]
     assert not plan.decay[("llm", "norm", "scale")] and not plan.decay[("compressor", "ln_q", "scale")]
     assert plan.decay[("llm", "lm_head")] and plan.decay[("compressor", "query")]
 
 
+def test_pos_embed_freeze_is_config():
+    cfg = OptimizerConfig(groups=STAGE2.groups, freeze=("^compressor/pos_embed$",))
+    plan = plan_params(PATHS, cfg, NO_GRADIENT)
+    assert plan.groups[("compressor", "pos_embed")] is None and plan.groups[("compressor", "query")] == "default"
+
+
+def test_no_gradient_params_on_hand_built_losses():
+    """stop_gradient, an unused input and a multiplication by a literal zero give no gradient path; a
+    path through a scan or a slice does."""
+    shapes = {"a": jax.ShapeDtypeStruct((3,), jnp.float32), "b": jax.ShapeDtypeStruct((2, 3), jnp.float32),
+              "c": jax.ShapeDtypeStruct((), jnp.float32), "d": jax.ShapeDtypeStruct((4,), jnp.float32),
+              "e": {"f": jax.ShapeDtypeStruct((3,), jnp.float32)}}
+
+    def loss(p):
+        carry, _ = jax.lax.scan(lambda c, row: (c + row * p["a"], None), jnp.zeros(3), p["b"])
+        return (carry.sum() + jax.lax.stop_gradient(p["c"]) * p["d"][:2].sum()
+                + 0.0 * jax.lax.stop_gradient(p["e"]["f"]).sum())
+    assert no_gradient_params(loss, shapes) == {("c",), ("e", "f")}
+
+
+@pytest.mark.parametrize("mode,tied,want", [
+    ("mini", False, {"vision_tower", "llm/embed_tokens/embedding"}),
+    ("mini", True, {"vision_tower"}),  # the tied LM head reaches the embedding
+    ("baseline", False, {"vision_tower"}),  # raw text embeddings carry gradients
+])
+def test_model_params_without_gradient(mode, tied, want):
+    import dataclasses
+    from flax import linen as nn
+    from llava_mini_jax.loading import abstract_params
+    from llava_mini_jax.model import LlavaMini
+    from train.tiny import tiny_model_config
+    mc = tiny_model_config(mode)
+    mc = dataclasses.replace(mc, llm=dataclasses.replace(mc.llm, tie_word_embeddings=tied))
+    model = LlavaMini(mc)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(abstract_params(model)))
+    got = model_no_gradient_params(model, abstract)
+    vision = {p for p in got if p[0] == "vision_tower"}
+    assert len(vision) == len(jax.tree.leaves(abstract["vision_tower"]))  # the whole tower
+    assert {"/".join(p) for p in got - vision} | {"vision_tower"} == want
+
+
 def test_stage1_trains_only_the_projector():
-    plan = plan_params(PATHS, STAGE1)
+    plan = plan_params(PATHS, STAGE1, NO_GRADIENT)
     assert {p for p in plan.trainable} == {("mm_projector", "linear_0", "kernel"), ("mm_projector", "linear_0", "bias")}
 
 
@@ -50,7 +94,6 @@ def test_freeze_and_errors():
         plan_params(PATHS, OptimizerConfig(groups=(ParamGroup("x", ("nothing",), 1.0),)))
     with pytest.raises(ConfigError, match="bad regex"):
         plan_params(PATHS, OptimizerConfig(groups=(ParamGroup("x", ("(",), 1.0),)))
-    assert NEVER_TRAINED
 
 
 def test_adamw_groups_clipping_schedule_equal_torch():

@@ -154,8 +154,8 @@ class ParamGroup:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW over parameter groups. A param in no group, or matching `freeze`, is frozen (no
-    gradient taken, no optimiser state). The vision tower and the compressor's sin-cos `pos_embed`
-    are always frozen. `no_decay` regexes: params that never get weight decay (biases and norm
+    gradient taken, no optimiser state), and so is every param the loss cannot reach (the vision
+    tower; the token embedding in LLaVA-Mini mode). `no_decay` regexes: params that never get weight decay (biases and norm
     scales, as the reference)."""
 
     b1: float = 0.9
@@ -206,8 +206,10 @@ class LoopConfig:
     changing the schedule: a planned interruption. `loss_reduction`: `token` (default: the mean
     CE over every supervised token of the global batch) or `reference` (mean over per-device
     micro-batch means, as the PyTorch trainer; `reference_rows` rows per mean, default the
-    micro-batch rows of one data-parallel device). `nonfinite`: `stop` (raise, naming the step and
-    the last good checkpoint) or `skip` (drop the update, count it; stop after `max_skipped`).
+    micro-batch rows of one data-parallel device). `loss_chunk_size`: positions per
+    cross-entropy chunk (the LM head runs one chunk at a time, so no `[B, L, V]` logits are held;
+    0: full logits). `nonfinite`: `stop` (raise, naming the step and the last good checkpoint) or
+    `skip` (drop the update, count it; stop after `max_skipped`).
     """
 
     global_batch_size: int = 256
@@ -218,6 +220,7 @@ class LoopConfig:
     seed: int = 0
     loss_reduction: str = "token"
     reference_rows: Optional[int] = None
+    loss_chunk_size: int = 512
     nonfinite: str = "stop"
     max_skipped: int = 100
     transfer_guard: bool = True
@@ -229,6 +232,8 @@ class LoopConfig:
             raise ConfigError(f"train.global_batch_size={self.global_batch_size} is not divisible by "
                               f"train.grad_accum_steps={self.grad_accum_steps}")
         _choice("train.loss_reduction", self.loss_reduction, ("token", "reference"))
+        if self.loss_chunk_size < 0:
+            raise ConfigError(f"train.loss_chunk_size={self.loss_chunk_size}: expected >= 0 (0: full logits)")
         _choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         if self.epochs <= 0:
             raise ConfigError(f"train.epochs={self.epochs}: expected > 0")

@@ -170,11 +170,13 @@ def global_batches(source, index: GlobalBatchIndex, num_steps: int, num_threads:
 
 
 def make_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
-                  num_steps: int | None = None, model_dir: str | None = None):
+                  num_steps: int | None = None, model_dir: str | None = None, reference_rows: int | None = None):
     """`(iterator, steps_per_epoch)` of process-local batches (see the module docstring).
 
     `num_steps` bounds the iterator (default: every step of `train.epochs`); `model_dir` is the
-    tokenizer directory when `data.tokenizer_path` is not set."""
+    tokenizer directory when `data.tokenizer_path` is not set; `reference_rows` (the rows of one
+    reference mean, `trainer.check_batch_fits`) is the length-grouped sampler's per-device batch,
+    as the PyTorch trainer's, so that the order does not depend on the number of processes."""
     t = cfg.train
     if cfg.data.source == "synthetic":
         src = synthetic_for(cfg, model_cfg)
@@ -183,15 +185,16 @@ def make_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: i
         spe = index.steps_per_epoch
         n = num_steps if num_steps is not None else int(np.ceil(t.epochs * spe))
         return global_batches(src, index, n, cfg.data.read_threads, cfg.data.prefetch), spe
-    return make_llava_pipeline(cfg, model_cfg, process_index, process_count, num_steps, model_dir)
+    return make_llava_pipeline(cfg, model_cfg, process_index, process_count, num_steps, model_dir, reference_rows)
 
 
 def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
-                      num_epochs: int, model_dir: str | None = None):
+                      num_epochs: int, model_dir: str | None = None, reference_rows: int | None = None):
     """The run's `data` section with the fields the trainer owns filled in: `batch_size` is this
     host's rows per optimizer step (all its micro-batches; the loop splits them), so one step's
     micro-batches share a padded length; the length-grouped megabatch is the global batch, as the
-    reference's sampler; the tokenizer defaults to the model directory; pixels, tokens per frame and
+    reference's sampler; `reference_rows` (the rows of one reference mean) is the sampler's
+    per-device batch; the tokenizer defaults to the model directory; pixels, tokens per frame and
     resolution ratio are the model's."""
     d, t = cfg.data, cfg.train
     if not d.data_path:
@@ -207,7 +210,7 @@ def llava_data_config(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_inde
         d, tokenizer_path=tokenizer, image_processor=image_processor_config(model_cfg, model_dir),
         vision_tokens_per_frame=model_cfg.tokens_per_frame, resolution_ratio=model_cfg.resolution_ratio,
         batch_size=t.global_batch_size // process_count, num_epochs=num_epochs, gradient_accumulation_steps=1,
-        process_index=process_index, process_count=process_count)
+        sampler_batch_size=reference_rows, process_index=process_index, process_count=process_count)
 
 
 def image_processor_config(model_cfg: LlavaMiniConfig, model_dir: str | None = None):
@@ -228,18 +231,35 @@ def image_processor_config(model_cfg: LlavaMiniConfig, model_dir: str | None = N
 
 
 def make_llava_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
-                        num_steps: int | None = None, model_dir: str | None = None):
+                        num_steps: int | None = None, model_dir: str | None = None, reference_rows: int | None = None):
     from llava_mini_jax.data import make_train_pipeline
     t = cfg.train
     epochs = max(1, math.ceil(t.epochs))
-    it, spe = make_train_pipeline(llava_data_config(cfg, model_cfg, process_index, process_count, epochs, model_dir))
+    it, spe = make_train_pipeline(llava_data_config(cfg, model_cfg, process_index, process_count, epochs, model_dir,
+                                                    reference_rows))
     needed = num_steps if num_steps is not None else math.ceil(t.epochs * spe)
     if needed > epochs * spe:  # max_steps beyond the epochs: rebuild with enough epochs
         it.close()
         epochs = math.ceil(needed / spe)
         it, spe = make_train_pipeline(llava_data_config(cfg, model_cfg, process_index, process_count, epochs,
-                                                        model_dir))
+                                                        model_dir, reference_rows))
     return it, spe
+
+
+def global_row_index(cfg: TrainConfig, process_index: int, process_count: int) -> np.ndarray:
+    """`[A, r]` int32: the position, in the sampler's order of the global batch, of each of this
+    process's rows as `split_micro_batches` arranges them (the `reference` loss reduction groups
+    rows by it). Synthetic data: the global batch seen as `[A, processes, r]`, process `p` reads
+    `[:, p]`; LLaVA data (`llava_mini_jax.data.order`): process `p` reads the `p`-th block of
+    `G / processes` consecutive rows."""
+    t = cfg.train
+    a, g = t.grad_accum_steps, t.global_batch_size
+    r = g // (a * process_count)
+    if cfg.data.source == "synthetic":
+        index = np.arange(g).reshape(a, process_count, r)[:, process_index]
+    else:
+        index = (process_index * (g // process_count) + np.arange(g // process_count)).reshape(a, r)
+    return index.astype(np.int32)
 
 
 def split_micro_batches(batch: dict, accum: int) -> dict:

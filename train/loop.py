@@ -111,10 +111,10 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
     mc, model_dir = model_config(cfg.model)
     mc = with_data_settings(mc, cfg.data)
     mesh = mesh_from_config(cfg)
-    check_batch_fits(cfg, mesh, pcount)  # before the data is read or anything compiles
+    rows = check_batch_fits(cfg, mesh, pcount)  # before the data is read or anything compiles
 
     data_iter, steps_per_epoch = make_pipeline(cfg, mc, pidx, pcount, num_steps=cfg.train.max_steps,
-                                               model_dir=model_dir)
+                                               model_dir=model_dir, reference_rows=rows)
     total = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     trainer = build_trainer(cfg, mc, total, mesh)
     stop_at = min(total, cfg.train.stop_at_step or total)

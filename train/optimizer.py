@@ -2,9 +2,16 @@
 
 A parameter's group is the first `optimizer.groups` entry with a `match` regex found in its
 `a/b/c` path (e.g. `mm_projector/linear_0/kernel`); a parameter in no group, matching
-`optimizer.freeze`, or under `NEVER_TRAINED` is frozen. The train step differentiates only the
-trainable parameters (`state.split`), so frozen ones cost no weight-gradient compute, hold no
-optimiser state and stay bit-identical.
+`optimizer.freeze`, or without a gradient path (`no_gradient_params`) is frozen. The train step
+differentiates only the trainable parameters (`state.split`), so frozen ones cost no
+weight-gradient compute, hold no optimiser state, get no weight decay and stay bit-identical.
+
+Parameters without a gradient path are those the model's loss cannot reach: the vision tower
+(under `stop_gradient`, SPEC A §11), CLIP's unused `post_layernorm`, and in LLaVA-Mini mode the
+token embedding (text enters the pre-fusion under `stop_gradient`, SPEC Q5; a tied LM head gives it
+a gradient again). The PyTorch trainer has `requires_grad` on for the LLM's embedding but its
+AdamW skips a parameter whose `.grad` is None, so it neither moves nor decays: freezing them is
+the same update.
 
 The transformation is
 `clip_by_global_norm_torch(max_grad_norm) -> multi_transform({group: adamw(schedule_g, b1, b2,
@@ -22,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend.core import Literal
 
 from .config import ConfigError, OptimizerConfig, ScheduleConfig
 from .schedule import make_schedule
@@ -29,10 +37,6 @@ from .schedule import make_schedule
 log = logging.getLogger(__name__)
 
 Path = tuple[str, ...]
-
-# The model runs the vision tower under stop_gradient and the compressor's sin-cos table is
-# fixed (SPEC A §11): neither can ever train.
-NEVER_TRAINED = (r"^vision_tower/", r"^compressor/pos_embed$")
 
 
 def path_str(path: Path) -> str:
@@ -62,10 +66,10 @@ class ParamPlan:
         return out
 
 
-def plan_params(paths, cfg: OptimizerConfig) -> ParamPlan:
-    """Assigns every param path (tuples of names) to a group or to frozen."""
+def plan_params(paths, cfg: OptimizerConfig, no_gradient: frozenset = frozenset()) -> ParamPlan:
+    """Assigns every param path (tuples of names) to a group or to frozen (`no_gradient`: the paths
+    `no_gradient_params` found, frozen whatever the groups say)."""
     try:
-        never = [re.compile(r) for r in NEVER_TRAINED]
         freeze = [re.compile(r) for r in cfg.freeze]
         groups = [(g.name, [re.compile(r) for r in g.match]) for g in cfg.groups]
         no_decay = [re.compile(r) for r in cfg.no_decay]
@@ -75,7 +79,7 @@ def plan_params(paths, cfg: OptimizerConfig) -> ParamPlan:
     for path in paths:
         s = path_str(path)
         name = None
-        if not any(r.search(s) for r in never + freeze):
+        if path not in no_gradient and not any(r.search(s) for r in freeze):
             name = next((n for n, rs in groups if any(r.search(s) for r in rs)), None)
         assign[path] = name
         decay[path] = not any(r.search(s) for r in no_decay)
@@ -85,8 +89,55 @@ def plan_params(paths, cfg: OptimizerConfig) -> ParamPlan:
         log.warning("optimizer groups %s match no trainable parameter", empty)
     if not used:
         raise ConfigError(f"optimizer: no parameter is trainable (groups {[g.name for g in cfg.groups]}, freeze "
-                          f"{list(cfg.freeze)}, always frozen {list(NEVER_TRAINED)})")
+                          f"{list(cfg.freeze)}, {len(no_gradient)} params without a gradient path)")
     return ParamPlan(assign, decay)
+
+
+def no_gradient_params(loss: Callable, abstract_params: Any) -> frozenset:
+    """The param paths whose gradient is zero by construction: `jax.grad(loss)` traced (no compute)
+    returns them as a broadcast zero constant, the symbolic-zero cotangent JAX instantiates for an
+    input no differentiable path reaches (`stop_gradient`, an unused parameter).
+
+    `loss(params) -> scalar`; `abstract_params` a nested dict of `jax.ShapeDtypeStruct`s.
+    """
+    closed = jax.make_jaxpr(jax.grad(loss))(abstract_params)
+    producer = {v: e for e in closed.jaxpr.eqns for v in e.outvars}
+
+    def is_zero_constant(var) -> bool:
+        if isinstance(var, Literal):
+            return not bool(jnp.any(jnp.asarray(var.val)))
+        if var in closed.jaxpr.invars:
+            return False
+        eqn = producer.get(var)
+        if eqn is None:  # a captured constant
+            value = closed.consts[closed.jaxpr.constvars.index(var)]
+            return not bool(jnp.any(jnp.asarray(value)))
+        return eqn.primitive.name in ("broadcast_in_dim", "convert_element_type") and \
+            all(is_zero_constant(v) for v in eqn.invars)
+
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    if len(closed.jaxpr.outvars) != len(flat):
+        raise ValueError(f"no_gradient_params: {len(flat)} params but {len(closed.jaxpr.outvars)} gradients")
+    paths = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in flat]
+    return frozenset(p for p, v in zip(paths, closed.jaxpr.outvars) if is_zero_constant(v))
+
+
+_NO_GRADIENT_CACHE: dict = {}
+
+
+def model_no_gradient_params(model, abstract_params: Any) -> frozenset:
+    """`no_gradient_params` of a `LlavaMini`'s training loss (traced on its `dummy_inputs`, labels
+    everywhere; cached per model)."""
+    if model not in _NO_GRADIENT_CACHE:
+        from llava_mini_jax.loading import dummy_inputs
+        inputs = dummy_inputs(model.config)
+
+        def loss(params):
+            ids = inputs["input_ids"]
+            return model.apply({"params": params}, ids, inputs.get("attention_mask"), inputs.get("images"),
+                               jnp.maximum(ids, 0)).loss
+        _NO_GRADIENT_CACHE[model] = no_gradient_params(loss, abstract_params)
+    return _NO_GRADIENT_CACHE[model]
 
 
 class ClipState(NamedTuple):

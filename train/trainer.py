@@ -25,7 +25,7 @@ from llava_mini_jax.sharding import batch_sharding, make_mesh
 from .config import ConfigError, TrainConfig
 from .model_setup import build_model
 from .multihost import global_batch
-from .optimizer import ParamPlan, make_optimizer, plan_params, tree_paths
+from .optimizer import ParamPlan, make_optimizer, model_no_gradient_params, plan_params, tree_paths
 from .state import TrainState, axis_rules, param_shardings, split, state_shardings, with_shardings
 from .step import StepSpec, jit_train_step, make_train_step
 
@@ -107,11 +107,13 @@ class Trainer:
         return self.jitted["random_params"](jax.random.key(seed))
 
     def put_batch(self, local: dict) -> dict:
-        """Process-local numpy rows `[A*r, ...]` -> global `[A, G/A, ...]` arrays on the mesh."""
-        from .data import split_micro_batches
+        """Process-local numpy rows `[A*r, ...]` -> global `[A, G/A, ...]` arrays on the mesh, plus
+        `row_index [A, G/A]` (each row's place in the sampler's order, `data.global_row_index`)."""
+        from .data import global_row_index, split_micro_batches
         a = self.cfg.train.grad_accum_steps
         local = split_micro_batches({k: local[k] for k in local if k in ("input_ids", "attention_mask", "labels",
                                                                          "images")}, a)
+        local["row_index"] = global_row_index(self.cfg, jax.process_index(), jax.process_count())
         return global_batch(local, {k: self.batch_sharding for k in local}, self.cfg.train.micro_batch_size)
 
     def step(self, state: TrainState, batch: dict):
@@ -129,9 +131,10 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
     boxed = abstract_params(model)
     p_sh = param_shardings(boxed, mesh, rules)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
-    plan = plan_params(tree_paths(abstract), cfg.optimizer)
+    plan = plan_params(tree_paths(abstract), cfg.optimizer, model_no_gradient_params(model, abstract))
     tx, schedules = make_optimizer(cfg.optimizer, cfg.schedule, plan, total_steps)
-    spec = StepSpec(cfg.train.grad_accum_steps, cfg.train.loss_reduction, rows, cfg.train.micro_batch_size)
+    spec = StepSpec(cfg.train.grad_accum_steps, cfg.train.loss_reduction, rows, cfg.train.micro_batch_size,
+                    cfg.train.loss_chunk_size)
 
     def abstract_state_fn(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -66,6 +66,10 @@ class DataConfig:
         sorted by length). Videos get their own megabatches (the reference groups them with
         text-only samples), see `order.py`.
       gradient_accumulation_steps: multiplies the megabatch size, as the reference's sampler.
+      sampler_batch_size: the per-device batch of the reference's length-grouped sampler (the
+        rows one GPU averages in one micro-step): each megabatch is dealt into chunks of this many
+        rows, so the order does not depend on `process_count`. None: `batch_size` (one chunk per
+        host).
       length_buckets: sequence lengths a batch is padded to (the smallest that fits); None gives
         powers of two from 64 up to `model_max_length`, or only `model_max_length` when
         `process_count > 1` (all hosts must agree on the shape of a step).
@@ -98,6 +102,7 @@ class DataConfig:
     num_epochs: int = 1
     group_by_modality_length: bool = False
     gradient_accumulation_steps: int = 1
+    sampler_batch_size: Optional[int] = None
     length_buckets: Optional[tuple[int, ...]] = None
     process_index: Optional[int] = None
     process_count: Optional[int] = None
@@ -123,6 +128,10 @@ class DataConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"DataConfig.{name}={value!r}: expected a positive int")
+        if self.sampler_batch_size is not None and (not isinstance(self.sampler_batch_size, int)
+                                                    or self.sampler_batch_size < 1):
+            raise ValueError(f"DataConfig.sampler_batch_size={self.sampler_batch_size!r}: expected a "
+                             f"positive int or None")
         for name in ("num_workers", "read_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

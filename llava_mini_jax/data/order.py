@@ -10,7 +10,8 @@ rebuilt (resuming a run, worker processes).
 Orders:
 
 * `group_by_modality_length=True`: the reference's length-grouped sampler with megabatches of
-  `process_count * gradient_accumulation_steps * batch_size`. Without videos it is
+  `process_count * gradient_accumulation_steps * batch_size`, dealt into chunks of
+  `sampler_batch_size` rows (default `batch_size`). Without videos it is
   `modality_length_grouped_indices` itself (images vs text-only, its quirks included). With
   videos, **videos get their own megabatches** (`group_length_grouped_indices` with groups
   image / text / video); the reference groups videos with text-only samples, which here would
@@ -49,7 +50,8 @@ class BatchOrder:
     Args:
       kinds: `[N]` kind codes (`records.KIND_CODES`). words: `[N]` word counts (> 0).
       batch_size: rows per host batch. process_index, process_count: this host, host count.
-      seed, shuffle, group_by_modality_length, gradient_accumulation_steps: see `DataConfig`.
+      seed, shuffle, group_by_modality_length, gradient_accumulation_steps,
+      sampler_batch_size: see `DataConfig`.
       num_epochs: epochs in the stream.
 
     Raises:
@@ -59,7 +61,8 @@ class BatchOrder:
     def __init__(self, kinds: Sequence[int], words: Sequence[int], batch_size: int,
                  process_index: int = 0, process_count: int = 1, seed: int = 0,
                  shuffle: bool = True, group_by_modality_length: bool = False,
-                 gradient_accumulation_steps: int = 1, num_epochs: int = 1):
+                 gradient_accumulation_steps: int = 1, num_epochs: int = 1,
+                 sampler_batch_size: int | None = None):
         self.kinds = np.asarray(kinds, np.int8)
         self.words = np.asarray(words, np.int64)
         self.batch_size = batch_size
@@ -68,6 +71,11 @@ class BatchOrder:
         self.group_by_modality_length = group_by_modality_length
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.num_epochs = num_epochs
+        self.sampler_batch_size = sampler_batch_size or batch_size
+        megabatch = process_count * gradient_accumulation_steps * batch_size
+        if megabatch % self.sampler_batch_size:
+            raise ValueError(f"sampler_batch_size={sampler_batch_size} does not divide the megabatch of "
+                             f"{megabatch} rows")
         self._cache: dict[int, np.ndarray] = {}
         self.steps_per_epoch = len(self.epoch_order(0)) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -116,13 +124,13 @@ class BatchOrder:
         randperm = epoch_randperm(self.seed, epoch, self.shuffle)
         has_video = bool((self.kinds == _VIDEO).any())
         if self.group_by_modality_length:
-            ws = self.process_count * self.gradient_accumulation_steps
+            rows = self.sampler_batch_size
+            ws = self.process_count * self.gradient_accumulation_steps * self.batch_size // rows
             if not has_video:
                 signed = np.where(self.kinds == _IMAGE, self.words, -self.words).tolist()
-                return modality_length_grouped_indices(signed, self.batch_size, ws, randperm)
+                return modality_length_grouped_indices(signed, rows, ws, randperm)
             groups = np.select([self.kinds == _IMAGE, self.kinds == _TEXT], [0, 1], 2).tolist()
-            return group_length_grouped_indices(self.words.tolist(), groups, self.batch_size, ws,
-                                                randperm)
+            return group_length_grouped_indices(self.words.tolist(), groups, rows, ws, randperm)
         perm = np.asarray(randperm(len(self.kinds)), np.int64)
         is_video = self.kinds[perm] == _VIDEO
         if not has_video or is_video.all():

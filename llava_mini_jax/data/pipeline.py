@@ -94,7 +94,8 @@ def make_order(config: DataConfig, source: Source) -> BatchOrder:
     index, count = config.hosts()
     return BatchOrder(source.kinds, source.words, config.batch_size, index, count, config.seed,
                       config.shuffle, config.group_by_modality_length,
-                      config.gradient_accumulation_steps, config.num_epochs)
+                      config.gradient_accumulation_steps, config.num_epochs,
+                      sampler_batch_size=config.sampler_batch_size)
 
 
 def make_collator(config: DataConfig, processor: SampleProcessor) -> Collator:
