@@ -268,7 +268,7 @@ def _train_config(config_json: str, shape, rows: int, seq_len: int, remat: str, 
         f"model.config_json={config_json}", "model.llm_path=null", "model.vision_path=null", "model.path=null",
         "model.init_from_checkpoint=null", "model.mode=mini", f"model.compute_dtype={compute_dtype}",
         "model.param_dtype=float32", "model.scan_layers=true", f"model.remat_policy={remat}", "model.overrides={}",
-        "data.source=synthetic", f"data.max_length={seq_len}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}",
+        "data.source=synthetic", f"data.model_max_length={seq_len}", f"mesh.data={d}", f"mesh.fsdp={f}", f"mesh.tensor={t}",
         f"mesh.devices={d * f * t}", f"train.global_batch_size={rows * d * f}", "train.grad_accum_steps=1",
         "train.max_steps=10", f"train.loss_chunk_size={loss_chunk}", "distributed.initialize=never"])
 

@@ -96,7 +96,7 @@ def test_reference_reduction_two_processes_llava_json(tmp_path):
     tokenizer = os.path.join(ROOT, "tests", "fixtures", "preprocess", "tokenizers", "vicuna")
     steps = 3
     base = tiny_train_config(model, data={"source": "json", "data_path": [data], "image_folder": str(tmp_path / "data"),
-                                          "tokenizer_path": tokenizer, "template": "vicuna_v1", "max_length": 256,
+                                          "tokenizer_path": tokenizer, "template": "vicuna_v1", "model_max_length": 256,
                                           "length_buckets": [256], "read_threads": 1},
                              mesh={"data": 1, "fsdp": 1, "tensor": 1, "devices": 1},
                              train={"max_steps": steps, "global_batch_size": 4, "grad_accum_steps": 2,
