@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
 
 from .initializers import hf_default
 
@@ -51,8 +52,10 @@ class DenseGeneral(nn.Module):
         shape = tuple(x.shape[a] for a in axis) + tuple(self.features)
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_names)),
                             shape, self.param_dtype)
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                ((axis, tuple(range(len(axis)))), ((), ())))
+        # promote_dtype (not `.astype`): weight-only quantization (`quantize.py`, qwix) intercepts it
+        # to pass a quantized kernel through unchanged.
+        x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
+        y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                    tuple(self.bias_names)),

@@ -173,7 +173,8 @@ class LlamaLM(nn.Module):
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
         """Final norm + LM head: `[B, T, D] -> [B, T, V]` float32 (float32 accumulation)."""
         h = self.norm(h)
-        logits = jnp.einsum("btd,dv->btv", h, self.head().astype(self.dtype), preferred_element_type=jnp.float32)
+        head = jnp.asarray(self.head(), self.dtype)  # (not `.astype`: a quantized head passes, see quantize.py)
+        logits = jnp.einsum("btd,dv->btv", h, head, preferred_element_type=jnp.float32)
         return constrain(logits, ACT_VOCAB)
 
     def chunked_cross_entropy(self, h: jnp.ndarray, labels: jnp.ndarray, chunk: int):

@@ -67,7 +67,7 @@ def chunked_cross_entropy(hidden: jnp.ndarray, head: jnp.ndarray, labels: jnp.nd
     targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
     hidden = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, c, D]
     targets = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, c]
-    head = head.astype(dtype)
+    head = jnp.asarray(head, dtype)  # (not `.astype`: a quantized head passes, see quantize.py)
 
     @jax.checkpoint
     def one_chunk(h, t, w):
