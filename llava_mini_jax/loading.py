@@ -13,6 +13,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from . import jax_checkpoint
+from . import quantize as quantization
 from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, GenerationConfig, LlavaMiniConfig
 from .hf_weights import CLIP_PREFIX, hf_to_params, placements
 from .model import LlavaMini
@@ -222,9 +223,29 @@ def _restore_other_layout(reader, cfg: LlavaMiniConfig, want: dict, target: dict
     return place_with_shardings(params, traverse_util.unflatten_dict(target), dtype)
 
 
+def load_quantized(path: str, model: LlavaMini, quantize, mesh, shardings, load_float) -> tuple[LlavaMini, dict]:
+    """`load_pretrained`'s quantized path: the params of a quantized checkpoint (`convert.quantize`,
+    `quantization.json`) read as stored, or `load_float()`'s float params quantized leaf by leaf (each
+    float leaf freed once quantized). Returns `(quantize.quantize_model(model, ...), params)`."""
+    stored = quantization.read_quantize_config(path) if quantization.is_quantized_checkpoint(path) else None
+    config = quantization.as_config(quantize)
+    if stored is not None and config is not None and config.mode != stored.mode:
+        raise ValueError(f"{path} holds {stored.mode} weights (quantization.json), not quantize={config.mode!r}")
+    if shardings is not None:
+        raise ValueError("load_pretrained: a quantized model takes mesh=, not shardings= (its params differ from the "
+                         "float tree)")
+    qmodel = quantization.quantize_model(model, stored or config)
+    boxed = abstract_params(qmodel)
+    target = target_shardings(boxed) if mesh is None else quantization.fit_shardings(logical_shardings(boxed, mesh),
+                                                                                       boxed)
+    if stored is not None:
+        return qmodel, quantization.restore_quantized(os.path.join(path, jax_checkpoint.PARAMS_DIR), boxed, target)
+    return qmodel, quantization.quantize_params(load_float(), boxed, target, consume=True)
+
+
 def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=None, *, mesh=None,
                     shardings=None, scan_layers: bool = True, remat_policy: str = "none",
-                    video_chunk_size: int = 16, **config_overrides) -> tuple[LlavaMini, dict]:
+                    video_chunk_size: int = 16, quantize=None, **config_overrides) -> tuple[LlavaMini, dict]:
     """Loads a checkpoint directory. Returns `(model, params)` for `model.apply({"params": params}, ...)`.
 
     - `path`: an HF LLaVA-Mini (`llava_mini_llama`) or LLaVA-v1.5 (`llava_llama`) directory
@@ -236,6 +257,10 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
       by `sharding.LOGICAL_AXIS_RULES`, each device receiving only its slice. Or `shardings`: a
       params-shaped tree of `jax.sharding.Sharding`s to use as is.
     - `scan_layers`, `remat_policy`, `video_chunk_size`: runtime fields of the `LlavaMini` module.
+    - `quantize`: `"int8"` | `"int4"` | a `quantize.QuantizeConfig`: weight-only quantization of the
+      LLM's and pre-fusion's linear layers, LM head and embedding (see `quantize.py`); the model
+      returned is the quantized twin. A quantized checkpoint (`python -m convert.quantize`) loads
+      quantized without it, its weights never dequantized.
     - `config_overrides`: fields of `LlavaMiniConfig` (e.g. `max_length=2048`).
 
     The model's `generation` (EOS / pad ids) comes from `generation_config.json`, else
@@ -254,6 +279,10 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
     model = LlavaMini(cfg, dtype=compute_dtype or dtype, param_dtype=dtype, scan_layers=scan_layers,
                       remat_policy=remat_policy, video_chunk_size=video_chunk_size,
                       generation=load_generation_config(path, hf))
+    if quantize is not None or quantization.is_quantized_checkpoint(path):
+        return load_quantized(path, model, quantize, mesh, shardings, lambda: load_pretrained(
+            path, dtype, compute_dtype, mesh=mesh, scan_layers=scan_layers, remat_policy=remat_policy,
+            video_chunk_size=video_chunk_size, **config_overrides)[1])
     boxed = abstract_params(model)
     if jax_checkpoint.is_jax_checkpoint(path):
         return model, restore_params(path, cfg, boxed, dtype, target_shardings(boxed, mesh, shardings))
