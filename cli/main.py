@@ -25,6 +25,8 @@ def _add_chat(sub):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--max-frames", type=int, default=None, help="cap on sampled video frames")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization at load: int8 (per output channel) or int4 (groups of 128)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -34,7 +36,7 @@ def run_chat(args) -> int:
     from llava_mini_jax.chat import ChatSession
     session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype),
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          seed=args.seed)
+                          seed=args.seed, quantize=args.quantize)
     if args.image:
         session.set_image(args.image)
     elif args.video:

@@ -32,11 +32,13 @@ def add_parser(sub):
     p.add_argument("--model", default=None, help="chat with this checkpoint instead (with --image)")
     p.add_argument("--image", default=None)
     p.add_argument("--prompt", default="Describe the image.")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="with --model: weight-only quantization at load, int8 (per output channel) or int4 (groups)")
 
 
-def chat_with(model: str, image: str, prompt: str) -> int:
+def chat_with(model: str, image: str, prompt: str, quantize=None) -> int:
     from llava_mini_jax.chat import ChatSession
-    session = ChatSession(model)
+    session = ChatSession(model, quantize=quantize)
     if image:
         session.set_image(image)
     print(f"USER: {prompt}\nASSISTANT: ", end="", flush=True)
@@ -47,7 +49,7 @@ def chat_with(model: str, image: str, prompt: str) -> int:
 
 def run(args) -> int:
     if args.model:
-        return chat_with(args.model, args.image, args.prompt)
+        return chat_with(args.model, args.image, args.prompt, args.quantize)
     run_demo(args.out, steps=args.steps, stage1_steps=args.stage1_steps, train_images=args.train_images,
              test_questions=args.test_questions, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
              baseline=not args.no_baseline, prefusion_layers=args.prefusion_layers)

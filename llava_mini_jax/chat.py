@@ -92,10 +92,10 @@ class ChatSession:
     def __init__(self, model_dir: str, conv_mode: Optional[str] = None, dtype=jnp.float32,
                  compute_dtype=None, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: Optional[float] = None, seed: int = 0, model=None, params=None,
-                 tokenizer: Optional[Tokenizer] = None):
+                 tokenizer: Optional[Tokenizer] = None, quantize=None):
         self.model_dir = os.fspath(model_dir)
-        if model is None:
-            model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype)
+        if model is None:  # quantize: None | "int8" | "int4" (load_pretrained's)
+            model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype, quantize=quantize)
         self.model, self.params = model, params
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
         self.template = conv_mode or default_template(self.tokenizer)

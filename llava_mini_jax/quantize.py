@@ -159,7 +159,8 @@ class _Provider(qwix.PtqProvider):
 
     def einsum(self, einsum_str, *operands, preferred_element_type=None, **kwargs):
         if len(operands) == 2 and isinstance(operands[1], WithAux):  # apply: the weight is quantized
-            return qwix.einsum(einsum_str, operands[0], operands[1].array, preferred_element_type=preferred_element_type)
+            lhs, rhs = operands[0], operands[1].array
+            return qwix.einsum(einsum_str, lhs, rhs, preferred_element_type=preferred_element_type)
         out = super().einsum(einsum_str, *operands, preferred_element_type=preferred_element_type, **kwargs)
         return out if preferred_element_type is None else out.astype(preferred_element_type)
 

@@ -27,6 +27,8 @@ def add_parser(subparsers):
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the directory name)")
     p.add_argument("--conv-mode", default=None, help="conversation template (default: from the tokenizer)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization at load: int8 (per output channel) or int4 (groups of 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="for requests that give none (0: greedy)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="answer length for requests that give none (default: the room left in the context)")
@@ -48,7 +50,7 @@ def build(args):
 
     from .service import ChatService, ServeOptions
 
-    session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype))
+    session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype), quantize=args.quantize)
     engine = Engine(session.model, session.params, max_batch=args.max_batch, max_context=args.max_context,
                     max_queue=args.max_queue, min_bucket=args.min_bucket)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))

@@ -19,6 +19,8 @@ def add_parser(sub):
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization at load: int8 (per output channel) or int4 (groups of 128)")
     p.add_argument("--answer-parsing", default="official", choices=["official", "lenient"],
                    help="lenient: also report a forgiving reading of the answers, beside the official score")
     p.add_argument("--fix-reference-prompts", action="store_true",
@@ -37,7 +39,8 @@ def run(args) -> int:
         import jax.numpy as jnp
         from llava_mini_jax.chat import ChatSession
         from llava_mini_jax.eval.model_answers import make_answer_fn
-        session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype))
+        session = ChatSession(args.model, conv_mode=args.conv_mode, dtype=getattr(jnp, args.dtype),
+                              quantize=args.quantize)
         answer_fn = make_answer_fn(session, registry.get(args.bench), args.max_frames, args.max_new_tokens,
                                    args.fix_reference_prompts)
     row = evaluate(args.bench, args.data, answer_fn, out=args.out, split=args.split,
