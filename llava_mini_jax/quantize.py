@@ -125,11 +125,11 @@ def group_size(size: int, group: int) -> int:
     return max(d for d in range(1, min(size, group) + 1) if size % d == 0)
 
 
-def rules(config: QuantizeConfig, model_config) -> list:
-    """The qwix rules of `config` for a model of `model_config` (a `LlavaMiniConfig`), one per kind of
-    projection. int4 groups run along the last contracted axis; the output projections
-    (`[heads, head_dim, D]`) are grouped per head and within the head (qwix would otherwise share one
-    scale across all heads)."""
+def quantized_ops(config: QuantizeConfig, model_config) -> list[tuple[str, tuple, Any]]:
+    """`(module path regex, op names, qwix tile_size)` of every kind of weight `config` quantizes in a
+    model of `model_config` (a `LlavaMiniConfig`). int4 groups run along the last contracted axis;
+    the output projections (`[heads, head_dim, D]`) are grouped per head and within the head (qwix
+    would otherwise share one scale across all heads)."""
     llm, vision = model_config.llm, model_config.vision
 
     def tiles(size: int, per_head: bool = False):
@@ -137,24 +137,30 @@ def rules(config: QuantizeConfig, model_config) -> list:
             return None
         g = group_size(size, config.tile_size)
         return {0: 1, 1: g} if per_head else g
-    layers = [(_LLM + r"self_attn/[qkv]_proj", tiles(llm.hidden_size)),
-              (_LLM + r"self_attn/o_proj", tiles(llm.head_dim, per_head=True)),
-              (_LLM + r"mlp/(gate|up)_proj", tiles(llm.hidden_size)),
-              (_LLM + r"mlp/down_proj", tiles(llm.intermediate_size))]
+    dot = ("dot_general",)
+    ops = [(_LLM + r"self_attn/[qkv]_proj", dot, tiles(llm.hidden_size)),
+           (_LLM + r"self_attn/o_proj", dot, tiles(llm.head_dim, per_head=True)),
+           (_LLM + r"mlp/(gate|up)_proj", dot, tiles(llm.hidden_size)),
+           (_LLM + r"mlp/down_proj", dot, tiles(llm.intermediate_size))]
     if config.vision:
-        layers += [(_VISION + r"[qkv]_proj", tiles(vision.hidden_size)),
-                   (_VISION + r"out_proj", tiles(vision.head_dim, per_head=True)),
-                   (_VISION + r"fc1", tiles(vision.hidden_size)), (_VISION + r"fc2", tiles(vision.intermediate_size))]
-    ops = [(path, ("dot_general",), tile) for path, tile in layers]
+        ops += [(_VISION + r"[qkv]_proj", dot, tiles(vision.hidden_size)),
+                (_VISION + r"out_proj", dot, tiles(vision.head_dim, per_head=True)),
+                (_VISION + r"fc1", dot, tiles(vision.hidden_size)),
+                (_VISION + r"fc2", dot, tiles(vision.intermediate_size))]
     if config.head and not llm.tie_word_embeddings:  # a tied head is the embedding's transpose
         ops += [(HEAD, ("einsum",), tiles(llm.hidden_size)), (EMBEDDING, ("take",), tiles(llm.hidden_size))]
+    return ops
+
+
+def rules(config: QuantizeConfig, model_config) -> list:
+    """The qwix rules of `config` for a model of `model_config` (`quantized_ops`)."""
     return [qwix.QuantizationRule(module_path=path, op_names=names, weight_qtype=config.qtype, tile_size=tile)
-            for path, names, tile in ops]
+            for path, names, tile in quantized_ops(config, model_config)]
 
 
 # -- the provider: qwix's PTQ plus the embedding gather and a typed einsum --------------------------
-class _Provider(qwix.PtqProvider):
-    """`qwix.PtqProvider` that also quantizes the token embedding (a gather) and keeps an einsum's
+class QuantizedLookups:
+    """Provider mixin: quantizes the token embedding (a gather) and keeps an einsum's
     `preferred_element_type` (the LM head's float32 logits)."""
 
     def einsum(self, einsum_str, *operands, preferred_element_type=None, **kwargs):
@@ -182,6 +188,10 @@ class _Provider(qwix.PtqProvider):
 
     def get_intercept_map(self):
         return super().get_intercept_map() | {"jax.numpy.take": self.take}
+
+
+class _Provider(QuantizedLookups, qwix.PtqProvider):
+    """qwix's post-training (weight-only) quantization with `QuantizedLookups`."""
 
 
 # -- params: plain dicts outside the model, qwix's WithAux inside --------------------------------
@@ -285,19 +295,21 @@ def quantize_params(params: dict, abstract: dict, shardings=None, consume: bool 
     `abstract`: the quantized model's (unboxed or boxed) abstract params (`loading.abstract_params`
     of `quantize_model(...)`); `shardings`: a tree like `abstract` (None: where the input is).
     `consume=True` deletes each float leaf once quantized, so a device holds the float model plus one
-    quantized leaf at most. Leaves `abstract` keeps in float pass through unchanged.
+    quantized leaf at most. Leaves `abstract` keeps in float pass through unchanged; leaves of
+    `abstract` absent from `params` (e.g. LoRA adapters, added later) are left out.
     """
     want = traverse_util.flatten_dict(nn.unbox(abstract), is_leaf=lambda _, v: is_quantized_leaf(v))
     have = traverse_util.flatten_dict(params)
-    missing = sorted("/".join(p) for p in want if p not in have)
-    if missing:
-        raise ValueError(f"quantize_params: {len(missing)} params of the quantized model are not in the params: "
-                         f"{missing[:10]}")
+    missing = sorted("/".join(p) for p, t in want.items() if is_quantized_leaf(t) and p not in have)
+    unknown = sorted("/".join(p) for p in have if p not in want)
+    if missing or unknown:
+        raise ValueError(f"quantize_params: the params do not fit the quantized model: missing {missing[:10]}, "
+                         f"unexpected {unknown[:10]}")
     flat_sh = {} if shardings is None else traverse_util.flatten_dict(
         shardings, is_leaf=lambda _, v: is_quantized_leaf(v))
     out = {}
-    for path, target in want.items():
-        x = have[path]
+    for path, x in have.items():
+        target = want[path]
         if not is_quantized_leaf(target):
             out[path] = x
             continue
