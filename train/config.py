@@ -11,6 +11,7 @@
     checkpoint:   orbax CheckpointManager directory, interval, retention
     logging:      JSONL metrics, progress bar, TensorBoard
     distributed:  `jax.distributed.initialize` (multi-host)
+    lora:         LoRA / QLoRA adapters (`rank: 0`: off), their learning rate, the base's quantization
 
 `load_config(path, overrides)` reads a file (or a preset name: `stage1`, `stage2`), applies
 `section.key=value` overrides (values parsed as YAML, list items addressed by index, e.g.
@@ -35,6 +36,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingManda
                               ValidationError)
 
 from llava_mini_jax.data.config import SET_BY_TRAINER, DataConfig
+from llava_mini_jax.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
 from llava_mini_jax.sharding import MESH_AXES
 
 PRESETS_DIR = pathlib.Path(__file__).parent / "configs"
@@ -292,6 +294,42 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """LoRA (`rank` > 0) on the kernels whose `a/b/c` path matches a `targets` regex (default: the
+    LLM's and pre-fusion's attention and MLP projections), update scaled by `alpha / rank`,
+    `dropout` on the adapters' input. The adapters train in their own group (first match) at `lr`;
+    every other param under `llm/` and `prefusion/` is frozen; the rest trains as the `optimizer`
+    groups say (e.g. the projector). `quantize_base: int8 | int4` (QLoRA) holds the frozen base
+    (LLM and pre-fusion projections, LM head, embedding) quantized (`llava_mini_jax.quantize`,
+    int4 in groups of `group_size`). See train/README.md for LLaVA's recipe."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    lr: float = 2e-4
+    quantize_base: Optional[str] = None
+    group_size: int = 128
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank={self.rank}: expected >= 0 (0: no LoRA)")
+        _choice("lora.quantize_base", self.quantize_base, (None, "int8", "int4"))
+        if self.quantize_base is not None and not self.rank:
+            raise ConfigError("lora.quantize_base needs lora.rank > 0 (QLoRA is LoRA over a quantized base)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout={self.dropout}: expected in [0, 1)")
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty: nothing would be adapted")
+        if self.group_size < 1:
+            raise ConfigError(f"lora.group_size={self.group_size}: expected >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The whole run. `stage` is informational (written into the metadata)."""
 
@@ -306,6 +344,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
 
     def __post_init__(self):
         default = DataConfig()

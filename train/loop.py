@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import jax
 
-from . import multihost
+from . import lora, multihost
 from .checkpointing import Checkpointer
 from .config import TrainConfig, to_dict
 from .data import make_pipeline
@@ -129,8 +129,12 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[dict], None]] = None) ->
         state = ckpt.restore(start, trainer.abstract_state, data_iter)
     else:
         start = 0
-        state = trainer.init_state(initial_params(cfg.model, trainer.model, trainer.param_shardings,
-                                                  trainer.random_params, cfg.checkpoint.dir))
+        if cfg.lora.enabled:
+            params = lora.initial_params(cfg, trainer, cfg.checkpoint.dir)
+        else:
+            params = initial_params(cfg.model, trainer.model, trainer.param_shardings, trainer.random_params,
+                                    cfg.checkpoint.dir)
+        state = trainer.init_state(params)
     last_ckpt = ckpt.step_dir(start) if ckpt is not None and start else None
 
     log_dir = cfg.logging.dir or (ckpt.dir if ckpt is not None else None)

@@ -96,11 +96,20 @@ def plan_params(paths, cfg: OptimizerConfig, no_gradient: frozenset = frozenset(
 def no_gradient_params(loss: Callable, abstract_params: Any) -> frozenset:
     """The param paths whose gradient is zero by construction: `jax.grad(loss)` traced (no compute)
     returns them as a broadcast zero constant, the symbolic-zero cotangent JAX instantiates for an
-    input no differentiable path reaches (`stop_gradient`, an unused parameter).
+    input no differentiable path reaches (`stop_gradient`, an unused parameter). Integer params
+    (a quantized base's values) have no gradient either.
 
     `loss(params) -> scalar`; `abstract_params` a nested dict of `jax.ShapeDtypeStruct`s.
     """
-    closed = jax.make_jaxpr(jax.grad(loss))(abstract_params)
+    leaves, treedef = jax.tree_util.tree_flatten(abstract_params)
+    inexact = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
+
+    def float_loss(floats, others):
+        it_f, it_o = iter(floats), iter(others)
+        return loss(jax.tree_util.tree_unflatten(treedef, [next(it_f) if f else next(it_o) for f in inexact]))
+    floats = [x for x, f in zip(leaves, inexact) if f]
+    others = [x for x, f in zip(leaves, inexact) if not f]
+    closed = jax.make_jaxpr(jax.grad(float_loss))(floats, others)
     producer = {v: e for e in closed.jaxpr.eqns for v in e.outvars}
 
     def is_zero_constant(var) -> bool:
@@ -116,10 +125,11 @@ def no_gradient_params(loss: Callable, abstract_params: Any) -> frozenset:
             all(is_zero_constant(v) for v in eqn.invars)
 
     flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-    if len(closed.jaxpr.outvars) != len(flat):
-        raise ValueError(f"no_gradient_params: {len(flat)} params but {len(closed.jaxpr.outvars)} gradients")
+    if len(closed.jaxpr.outvars) != len(floats):
+        raise ValueError(f"no_gradient_params: {len(floats)} float params but {len(closed.jaxpr.outvars)} gradients")
     paths = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in flat]
-    return frozenset(p for p, v in zip(paths, closed.jaxpr.outvars) if is_zero_constant(v))
+    grads = iter(closed.jaxpr.outvars)
+    return frozenset(p for p, f in zip(paths, inexact) if not f or is_zero_constant(next(grads)))
 
 
 _NO_GRADIENT_CACHE: dict = {}
@@ -135,7 +145,7 @@ def model_no_gradient_params(model, abstract_params: Any) -> frozenset:
         def loss(params):
             ids = inputs["input_ids"]
             return model.apply({"params": params}, ids, inputs.get("attention_mask"), inputs.get("images"),
-                               jnp.maximum(ids, 0)).loss
+                               jnp.maximum(ids, 0), rngs={"dropout": jax.random.key(0)}).loss
         _NO_GRADIENT_CACHE[model] = no_gradient_params(loss, abstract_params)
     return _NO_GRADIENT_CACHE[model]
 

@@ -84,13 +84,13 @@ def make_loss_fn(model: nn.Module, spec: StepSpec) -> Callable:
     `row_weights` under `reference`, ignored under `token`), and `aux = {objective, ce_sum,
     supervised, tokens}` (sums over the micro-batch)."""
     def loss_fn(params, batch, rng, weights=None):
-        del rng  # the model is deterministic (no dropout in LLaVA-Mini training)
+        rngs = {"dropout": rng}  # used only by LoRA dropout (LLaVA-Mini itself has no dropout)
         args = (batch["input_ids"], batch["attention_mask"], batch.get("images"), batch["labels"])
         if spec.loss_chunk:
             ce, count, tokens = model.apply({"params": params}, *args, spec.loss_chunk,
-                                            method=type(model).row_losses)
+                                            method=type(model).row_losses, rngs=rngs)
         else:
-            out = model.apply({"params": params}, *args)
+            out = model.apply({"params": params}, *args, rngs=rngs)
             ce, count = per_row_cross_entropy(out.logits, out.labels)
             tokens = out.attention_mask.sum(axis=1).astype(jnp.float32)
         objective = ce.sum() if spec.loss_reduction == "token" else (ce * weights).sum()

@@ -23,6 +23,7 @@ from llava_mini_jax.loading import abstract_params, param_init_fn
 from llava_mini_jax.sharding import batch_sharding, make_mesh
 
 from .config import ConfigError, TrainConfig
+from .lora import adapted_model, optimizer_config as lora_optimizer_config
 from .model_setup import build_model
 from .multihost import global_batch
 from .optimizer import ParamPlan, make_optimizer, model_no_gradient_params, plan_params, tree_paths
@@ -127,12 +128,13 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
     mesh = mesh_from_config(cfg) if mesh is None else mesh
     rows = check_batch_fits(cfg, mesh, jax.process_count())
     rules = axis_rules(cfg.mesh.rules)
-    model = build_model(mc, cfg.model)
+    model = adapted_model(build_model(mc, cfg.model), cfg.lora)  # the model itself without LoRA
+    optimizer = lora_optimizer_config(cfg.optimizer, cfg.lora)
     boxed = abstract_params(model)
     p_sh = param_shardings(boxed, mesh, rules)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
-    plan = plan_params(tree_paths(abstract), cfg.optimizer, model_no_gradient_params(model, abstract))
-    tx, schedules = make_optimizer(cfg.optimizer, cfg.schedule, plan, total_steps)
+    plan = plan_params(tree_paths(abstract), optimizer, model_no_gradient_params(model, abstract))
+    tx, schedules = make_optimizer(optimizer, cfg.schedule, plan, total_steps)
     spec = StepSpec(cfg.train.grad_accum_steps, cfg.train.loss_reduction, rows, cfg.train.micro_batch_size,
                     cfg.train.loss_chunk_size)
 
@@ -142,7 +144,7 @@ def build_trainer(cfg: TrainConfig, mc: LlavaMiniConfig, total_steps: int, mesh=
                           rng=jax.random.PRNGKey(0), skipped=jnp.zeros((), jnp.int32))
     abstract_state = jax.eval_shape(abstract_state_fn, abstract)
     s_sh = state_shardings(abstract_state, p_sh, mesh)
-    key = (model, cfg.optimizer, cfg.schedule, total_steps, spec, mesh, rules)  # model: config + runtime fields
+    key = (model, optimizer, cfg.schedule, total_steps, spec, mesh, rules)  # model: config + runtime fields
     if key not in _STEP_CACHE:
         trainable_sh = split(p_sh, plan.trainable)[0]
         fn = make_train_step(model, tx, plan.trainable, schedules, spec, trainable_sh, rules, mesh)
