@@ -105,8 +105,10 @@ def write_vision_tower(directory: str, view: HFView, specs: list, vision_dict: d
 
 
 def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size="5GB",
-                      overwrite: bool = False) -> str:
-    """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`."""
+                      overwrite: bool = False, reader=None) -> str:
+    """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`.
+    `reader`: what reads the params (default `ParamsReader(src/params)`; `convert.lora` passes one
+    that merges LoRA adapters)."""
     src = os.path.abspath(os.fspath(src))
     out = check_output(out, overwrite)
     max_bytes = parse_size(max_shard_size)
@@ -116,7 +118,7 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
         raise FileNotFoundError(f"{src} has no {PARAMS_DIR}/ directory: not a JAX checkpoint (convert.hf_to_jax writes "
                                 "one)")
     vision, vision_dict, _ = resolve_vision(config, src)
-    reader = ParamsReader(os.path.join(src, PARAMS_DIR))
+    reader = ParamsReader(os.path.join(src, PARAMS_DIR)) if reader is None else reader
     cfg = model_config(config, vision)
     view = HFView(reader, cfg)  # detects the stored layer layout; raises on missing / unknown leaves
     stored = check_stored_shapes(reader, leaf_shapes(cfg, view.scan_layers), src)
