@@ -159,6 +159,20 @@ def rules(config: QuantizeConfig, model_config) -> list:
 
 
 # -- the provider: qwix's PTQ plus the embedding gather and a typed einsum --------------------------
+def _matmul_dims(einsum_str: str, lhs_ndim: int, rhs_ndim: int):
+    """The `dot_general` dimension numbers of an einsum `...d,dv->...v` (the last axis of the
+    activations against the first of a 2-D weight), else None. (qwix's einsum puts the weight first,
+    a bf16 x bf16 -> f32 dot that XLA:CPU does not run.)"""
+    spec = einsum_str.replace(" ", "")
+    if "->" not in spec or spec.count(",") != 1 or "." in spec:
+        return None
+    ins, out = spec.split("->")
+    a, b = ins.split(",")
+    if rhs_ndim != 2 or len(a) != lhs_ndim or len(b) != 2 or a[-1] != b[0] or out != a[:-1] + b[1]:
+        return None
+    return (((lhs_ndim - 1,), (0,)), ((), ()))
+
+
 class QuantizedLookups:
     """Provider mixin: quantizes the token embedding (a gather) and keeps an einsum's
     `preferred_element_type` (the LM head's float32 logits)."""
@@ -166,6 +180,9 @@ class QuantizedLookups:
     def einsum(self, einsum_str, *operands, preferred_element_type=None, **kwargs):
         if len(operands) == 2 and isinstance(operands[1], WithAux):  # apply: the weight is quantized
             lhs, rhs = operands[0], operands[1].array
+            dims = _matmul_dims(einsum_str, lhs.ndim, rhs.ndim)
+            if dims is not None:  # `...d,dv->...v` (the LM head) as a dot_general, activations first
+                return qwix.dot_general(lhs, rhs, dims, preferred_element_type=preferred_element_type)
             return qwix.einsum(einsum_str, lhs, rhs, preferred_element_type=preferred_element_type)
         out = super().einsum(einsum_str, *operands, preferred_element_type=preferred_element_type, **kwargs)
         return out if preferred_element_type is None else out.astype(preferred_element_type)
