@@ -107,7 +107,7 @@ def residual_bytes(model: LlavaMini, abstract: dict, trainable: frozenset, rows:
             args = ({"params": join(p, frozen)}, batch["input_ids"], batch["attention_mask"], batch["images"],
                     batch["labels"])
             if loss_chunk:
-                return model.apply(*args, loss_chunk, method=LlavaMini.row_losses)[0].sum()
+                return model.apply(*args, loss_chunk, method=type(model).row_losses)[0].sum()
             return model.apply(*args).loss
         return jax.vjp(loss, params)[1]
     closed = jax.make_jaxpr(residuals)(params, frozen, batch)
