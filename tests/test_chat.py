@@ -102,3 +102,14 @@ def test_cli_chat_interactive_video(ckpt, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("ASSISTANT:") == 2 and "vicuna_v1" in r.stdout
+
+
+def test_cli_chat_quantize_answers_as_a_quantized_session(ckpt, image, capsys):
+    from llava_mini_jax.quantize import model_quantize_config
+    want = ChatSession(ckpt, max_new_tokens=4, quantize="int8")
+    assert model_quantize_config(want.model).mode == "int8"
+    want.set_image(image)
+    expected = want.ask("Hi?")
+    assert cli_main(["chat", "--model", str(ckpt), "--image", str(image), "--prompt", "Hi?",
+                     "--max-new-tokens", "4", "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.strip() == expected.strip()

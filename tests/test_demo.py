@@ -111,3 +111,17 @@ def test_demo_end_to_end_small(tmp_path):
     assert row["mini"]["accuracy"]["overall"] == pytest.approx(mini["accuracy"]["overall"], abs=1e-4)
     assert (row["mini"]["tokens"], row["baseline"]["tokens"]) == (1, 64) and row["chance"] == pytest.approx(
         res["rows"][2]["accuracy"]["overall"])
+
+
+def test_demo_model_quantize_flag_reaches_the_session(monkeypatch):
+    import llava_mini_jax.chat
+    from cli.main import main as cli_main
+
+    class Stop(Exception):
+        pass
+
+    def fake_session(*args, **kwargs):
+        raise Stop(kwargs.get("quantize"))
+    monkeypatch.setattr(llava_mini_jax.chat, "ChatSession", fake_session)
+    with pytest.raises(Stop, match="int8"):
+        cli_main(["demo", "--model", "some/dir", "--quantize", "int8"])

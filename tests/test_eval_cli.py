@@ -75,3 +75,17 @@ def test_public_evaluate_equals_the_cli(ckpt, tmp_path, capsys):
                      "--max-new-tokens", "3"]) == 0
     cli_row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["ours"] == cli_row["ours"] and row["count"] == cli_row["count"] and row["metric"] == "f1"
+
+
+def test_quantize_flag_reaches_the_session(ckpt, tmp_path, monkeypatch):
+    import llava_mini_jax.chat
+
+    class Stop(Exception):
+        pass
+
+    def fake_session(*args, **kwargs):
+        raise Stop(kwargs.get("quantize"))
+    monkeypatch.setattr(llava_mini_jax.chat, "ChatSession", fake_session)
+    data = BUILDERS["pope"](tmp_path)
+    with pytest.raises(Stop, match="int4"):
+        cli_main(["eval", "pope", "--model", str(ckpt), "--data", str(data), "--quantize", "int4"])

@@ -73,3 +73,10 @@ def test_the_command_serves_on_loopback(tiny_hf_checkpoint):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_build_quantized(tiny_hf_checkpoint):
+    from llava_mini_jax.quantize import model_quantize_config
+    service, _ = serve_cli.build(parse(["--model", str(tiny_hf_checkpoint), "--quantize", "int4", "--warmup", "none"]))
+    assert model_quantize_config(service.engine.model).mode == "int4"
+    assert service.engine.params["llm"]["lm_head"]["qvalue"].dtype.name == "int4"
