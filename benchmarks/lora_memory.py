@@ -74,6 +74,8 @@ def plan(mc, base: str, rank: int, seq_len: int, loss_chunk: int, remat: str, si
 
 
 def main(argv=None) -> int:
+    import sys
+    command = "python -m benchmarks.lora_memory " + " ".join(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--rank", type=int, default=128)
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
     for base in ("bf16", "int8", "int4"):
         plan(mc, base, rank, seq, min(args.loss_chunk, seq), args.remat, sink)
     write_results(args.out or default_out("lora_memory", args.tiny), "lora_memory",
-                  {"rank": rank, "seq_len": seq, "remat": args.remat, "budget_gib": BUDGET_GIB,
+                  {"command": command.strip(), "rank": rank, "seq_len": seq, "remat": args.remat,
+                   "budget_gib": BUDGET_GIB,
                    "reserve_gib": RESERVE_GIB, "tiny": args.tiny}, sink)
     return 0
 

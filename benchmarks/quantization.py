@@ -188,6 +188,8 @@ def decode_figures(llm: str, steps: int, repeats: int, sink: list) -> None:
 
 
 def main(argv=None) -> int:
+    import sys
+    command = "python -m benchmarks.quantization " + " ".join(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model memory + the std fixture only (seconds)")
     ap.add_argument("--decode", action="store_true", help="only the GPU decode figure (bf16 / int8 / int4)")
@@ -208,7 +210,8 @@ def main(argv=None) -> int:
         fixture_figures(MODEL_FIXTURES[:1] if args.tiny else MODEL_FIXTURES, 16, sink)
         if not (args.tiny or args.no_demo):
             demo_figures(args.demo_dir, args.work, sink)
-    write_results(out, name, {"tiny": args.tiny, "decode_steps": args.decode_steps, "demo_dir": args.demo_dir}, sink)
+    write_results(out, name, {"command": command.strip(), "tiny": args.tiny, "decode_steps": args.decode_steps,
+                              "demo_dir": args.demo_dir}, sink)
     return 0
 
 

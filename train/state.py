@@ -20,6 +20,7 @@ from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llava_mini_jax import sharding as lsharding
+from llava_mini_jax.quantize import dtype_bits
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def device_bytes(abstract: Any, shardings: Any) -> int:
-    """Bytes one device holds of a tree with these shardings (no allocation)."""
+    """Bytes one device holds of a tree with these shardings (no allocation; int4 at half a byte)."""
     def one(a, s):
-        return int(np.prod(s.shard_shape(tuple(a.shape)), dtype=np.int64)) * jnp.dtype(a.dtype).itemsize
+        return -(-int(np.prod(s.shard_shape(tuple(a.shape)), dtype=np.int64)) * dtype_bits(a.dtype) // 8)
     return sum(jax.tree.leaves(jax.tree.map(one, abstract, shardings)))
