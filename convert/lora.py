@@ -125,7 +125,7 @@ def peft_tensors(step_dir: str) -> tuple[dict, list, int]:
         kernel = path[:-1] + ("kernel",)
         n_layers = reader.shape_dtype(path)[0][0] if "layers" in path else None
         for layer in (range(n_layers) if n_layers is not None else [None]):
-            name = hf_of.get((kernel, layer)) or hf_of.get((kernel + ("qvalue",), layer))
+            name = hf_of.get((kernel, layer))
             if name is None or not name.endswith(".weight"):
                 raise ValueError(f"{step_dir}: no HF tensor for the adapted kernel {leaf_name(kernel)}"
                                  + ("" if layer is None else f" layer {layer}"))

@@ -40,6 +40,7 @@ What is written here by hand, and why (qwix 0.1.8 does not do it for this model)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -270,16 +271,21 @@ def _wrap_class(model: nn.Module, attrs: dict) -> nn.Module:
     return model
 
 
-# Every method callers apply (`method="prefill"` etc.) runs under the interception.
-METHODS = ("__call__", "encode_images", "splice_inputs", "spliced_labels", "row_losses", "prefill", "prefill_chunk",
-           "last_token_logits", "decode_step", "embed_text", "vision_features")
+def model_methods(cls) -> list[str]:
+    """`__call__` and the public methods `cls` (and its bases below `nn.Module`) define: every method
+    callers apply (`method="prefill"`, `method=type(model).row_losses`, ...)."""
+    names = {"__call__"}
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            break
+        names |= {n for n, v in vars(klass).items() if inspect.isfunction(v) and not n.startswith("_") and n != "setup"}
+    return sorted(names)
 
 
 def intercept(model: nn.Module, provider: qwix.QuantizationProvider, **attrs) -> nn.Module:
     """`model` (a `LlavaMini`) with `provider`'s interception on every public method; params in the
     dict form (`init` returns it, `apply` takes it); `attrs` become class attributes."""
-    methods = [m for m in METHODS if hasattr(type(model), m)]
-    return _wrap_class(qwix.quantize_model(model, provider, methods=methods), attrs)
+    return _wrap_class(qwix.quantize_model(model, provider, methods=model_methods(type(model))), attrs)
 
 
 def quantize_model(model: nn.Module, config: QuantizeSpec) -> nn.Module:

@@ -13,9 +13,11 @@ initial params.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
+import jax
 from flax import linen as nn
 from flax import traverse_util
 
@@ -24,6 +26,8 @@ from llava_mini_jax import quantize as quantization
 from llava_mini_jax.loading import abstract_params
 
 from .config import LoraSection, OptimizerConfig, ParamGroup
+from .model_setup import build_model, initial_params as float_params
+from .state import param_shardings
 
 # Frozen under LoRA: the base's params under llm/ and prefusion/ (everything but the adapters).
 FROZEN_BASE = r"^(llm|prefusion)/(?!.*" + llora.LORA_LEAF + ")"
@@ -53,7 +57,6 @@ def optimizer_config(optimizer: OptimizerConfig, section: LoraSection) -> Optimi
     """`optimizer` with the adapters' group first and the base frozen (unchanged without LoRA)."""
     if not section.enabled:
         return optimizer
-    import dataclasses
     group = ParamGroup("lora", (llora.LORA_LEAF,), section.lr)
     return dataclasses.replace(optimizer, groups=(group,) + tuple(optimizer.groups),
                                freeze=tuple(optimizer.freeze) + (FROZEN_BASE,))
@@ -64,9 +67,6 @@ def initial_params(cfg, trainer, run_dir: Optional[str] = None) -> dict:
     (`model_setup.initial_params` of the float model, in its own shardings), the base quantized leaf
     by leaf under QLoRA, plus fresh adapters drawn with `model.init_seed`. `cfg`: the TrainConfig;
     `trainer`: `trainer.build_trainer`'s."""
-    import jax
-    from .model_setup import build_model, initial_params as float_params
-    from .state import param_shardings
     base_model = build_model(trainer.model.config, cfg.model)
     base = float_params(cfg.model, base_model, param_shardings(abstract_params(base_model), trainer.mesh,
                                                                 trainer.rules), run_dir=run_dir)
