@@ -70,10 +70,10 @@ def _fixture(name: str):
     return meta, inputs, greedy, load_pretrained(os.path.join(d, "hf"))
 
 
-def greedy_tokens(model, params, greedy: dict, inputs: dict) -> list[np.ndarray]:
+def greedy_tokens(model, params, greedy: dict, inputs: dict, cases: int) -> list[np.ndarray]:
     from llava_mini_jax.generate import generate
     out = []
-    for case in greedy["cases"]:
+    for case in greedy["cases"][:cases]:
         k = case.get("images_key")
         out.append(np.asarray(generate(model, params, np.asarray(case["input_ids"]),
                                        attention_mask=np.asarray(case["attention_mask"]),
@@ -95,7 +95,7 @@ def _margin(logits: np.ndarray) -> np.ndarray:
     return (top[..., -1] - top[..., -2]) / logits.std(axis=-1)
 
 
-def fixture_figures(names, group: int, sink: list) -> None:
+def fixture_figures(names, group: int, sink: list, cases: int = 1000) -> None:
     for name in names:
         meta, inputs, greedy, (model, params) = _fixture(name)
         check = meta["checks"][0]
@@ -105,13 +105,13 @@ def fixture_figures(names, group: int, sink: list) -> None:
         ref = forward(model, params, *args)
         valid = np.asarray(ref.attention_mask, bool)
         f = np.asarray(ref.logits)[valid]
-        want = greedy_tokens(model, params, greedy, inputs) if greedy else []
+        want = greedy_tokens(model, params, greedy, inputs, cases) if greedy else []
         for mode in quantization.MODES:
             qc = quantization.QuantizeConfig(mode, group_size=group)
             qmodel = quantization.quantize_model(model, qc)
             qparams = quantization.quantize_params(params, abstract_params(qmodel))
             q = np.asarray(forward(qmodel, qparams, *args).logits)[valid]
-            got = greedy_tokens(qmodel, qparams, greedy, inputs) if greedy else []
+            got = greedy_tokens(qmodel, qparams, greedy, inputs, cases) if greedy else []
             same = [float((a == b).mean()) for a, b in zip(got, want)]
             prefix = [float(np.mean([_prefix(x, y) for x, y in zip(a, b)])) for a, b in zip(got, want)]
             emit({"kind": "fixture", "fixture": name, "mode": mode, "group_size": group,
@@ -191,7 +191,8 @@ def main(argv=None) -> int:
     import sys
     command = "python -m benchmarks.quantization " + " ".join(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="tiny model memory + the std fixture only (seconds)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny model memory + the std fixture, one greedy case (seconds)")
     ap.add_argument("--decode", action="store_true", help="only the GPU decode figure (bf16 / int8 / int4)")
     ap.add_argument("--demo-dir", default=None, help="a `llava-mini-jax demo` output to reuse (default: train one)")
     ap.add_argument("--no-demo", action="store_true", help="skip the demo's toy model")
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
                        1 if args.tiny else 5, sink)
     else:
         memory_figures("tiny" if args.tiny else "llama-3.1-8b", sink)
-        fixture_figures(MODEL_FIXTURES[:1] if args.tiny else MODEL_FIXTURES, 16, sink)
+        fixture_figures(MODEL_FIXTURES[:1] if args.tiny else MODEL_FIXTURES, 16, sink, cases=1 if args.tiny else 1000)
         if not (args.tiny or args.no_demo):
             demo_figures(args.demo_dir, args.work, sink)
     write_results(out, name, {"command": command.strip(), "tiny": args.tiny, "decode_steps": args.decode_steps,

@@ -1,4 +1,4 @@
-"""convert/lora.py: a LoRA training step exported merged (through `convert.jax_to_hf`, a quantized
+"""convert/lora.py: a QLoRA (int4) training step exported merged (through `convert.jax_to_hf`, the
 base dequantized) loads as a plain model computing the adapted model's logits (1e-5); exported as
 a PEFT adapter, HF `peft` applies it to a tiny `LlamaForCausalLM` built from the same LLM weights
 and gets our logits (1e-4).
@@ -56,9 +56,8 @@ def _logits(model, params, images=None):
     return np.asarray(jax.jit(lambda p: model.apply({"params": p}, IDS, MASK, images).logits)(params))
 
 
-@pytest.mark.parametrize("quantize", [None, Q.QuantizeConfig("int4", group_size=8)])
-def test_merged_export_loads_as_the_adapted_model(tmp_path, quantize):
-    step, lm, adapted = _step_dir(tmp_path, "mini", quantize)
+def test_merged_export_loads_as_the_adapted_model(tmp_path):
+    step, lm, adapted = _step_dir(tmp_path, "mini", Q.QuantizeConfig("int4", group_size=8))
     images = np.asarray(jax.random.normal(jax.random.key(3), (2, 1, 3, 16, 16)))
     ids = IDS.copy()
     ids[:, 2] = -200

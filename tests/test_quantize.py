@@ -28,6 +28,12 @@ BOUNDS = {"int8": (0.04, 0.95), "int4": (0.35, 0.6)}
 
 
 @functools.lru_cache(maxsize=None)
+def _loaded(config: Q.QuantizeConfig, scan_layers: bool = True):
+    """`load_pretrained` of the std fixture, quantized (shared by the tests: one compile each)."""
+    return load_pretrained(FIXTURES / "std" / "hf", quantize=config, scan_layers=scan_layers)
+
+
+@functools.lru_cache(maxsize=None)
 def _forward(model):
     return jax.jit(lambda p, ids, mask, images: model.apply({"params": p}, ids, mask, images))
 
@@ -46,10 +52,8 @@ def std_float():
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_fixture_logits_within_bounds(std_float, mode):
-    model, params, (ref, valid) = std_float
-    qmodel = Q.quantize_model(model, Q.QuantizeConfig(mode, group_size=16))
-    qparams = Q.quantize_params(params, abstract_params(qmodel))
-    got, _ = _logits(qmodel, qparams, "std")
+    _, _, (ref, valid) = std_float
+    got, _ = _logits(*_loaded(Q.QuantizeConfig(mode, group_size=16)), "std")
     f, q = ref[valid], got[valid]
     rel = np.linalg.norm(q - f) / np.linalg.norm(f)
     agree = (q.argmax(-1) == f.argmax(-1)).mean()
@@ -119,14 +123,12 @@ def test_8b_parameter_bytes_meet_the_goals():
 
 def test_scanned_and_unscanned_quantized_models_agree(std_float):
     qc = Q.QuantizeConfig("int4", group_size=16)
-    scanned = load_pretrained(FIXTURES / "std" / "hf", quantize=qc)
-    unscanned = load_pretrained(FIXTURES / "std" / "hf", quantize=qc, scan_layers=False)
-    np.testing.assert_allclose(_logits(*scanned, "std")[0], _logits(*unscanned, "std")[0], **SAME)
+    np.testing.assert_allclose(_logits(*_loaded(qc), "std")[0], _logits(*_loaded(qc, False), "std")[0], **SAME)
 
 
 def test_sharded_quantized_load_matches_one_device():
     qc = Q.QuantizeConfig("int4", group_size=16)
-    one = load_pretrained(FIXTURES / "std" / "hf", quantize=qc)
+    one = _loaded(qc)
     mesh = make_mesh((1, 4, 2))
     model, params = load_pretrained(FIXTURES / "std" / "hf", quantize=qc, mesh=mesh)
     q = params["llm"]["decoder"]["layers"]["mlp"]["gate_proj"]["kernel"]
