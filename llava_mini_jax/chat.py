@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import jax.numpy as jnp
 import numpy as np
 
+from .config import GenerationConfig
 from .conversation import build_inference_prompt, stop_strings, tokenizer_image_token
 from .generate import generate
 from .image_processing import ImageProcessorConfig, load_image, process_image
@@ -124,7 +125,9 @@ class ChatSession:
         return media_pixels(self.model.config, self.processor, image, video, max_frames)
 
     def eos_ids(self) -> list[int]:
-        return eos_token_ids(self.model.generation, self.tokenizer, self.template)
+        """The ids that end an answer; a model object without a `generation` field (e.g. a stand-in
+        for testing prompts) contributes none of its own."""
+        return eos_token_ids(getattr(self.model, "generation", GenerationConfig()), self.tokenizer, self.template)
 
     def answer_batch(self, questions, pixels, max_new_tokens: Optional[int] = None) -> list[str]:
         """Single-turn answers for a batch: `questions[i]` about `pixels[i]` (`[P, 3, H, W]`,
