@@ -317,6 +317,14 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        if self.checkpoint.dir:  # retention deletes old steps: never a weight source inside the run
+            from convert.staging import check_not_overlapping
+            m = self.model
+            for key in ("path", "llm_path", "vision_path", "init_from_checkpoint"):
+                try:
+                    check_not_overlapping(self.checkpoint.dir, [getattr(m, key)], "checkpoint.dir")
+                except ValueError as e:
+                    raise ConfigError(f"{e} (model.{key}); a run directory holds only its own steps") from None
         default = DataConfig()
         changed = [k for k in SET_BY_TRAINER if getattr(self.data, k) != getattr(default, k)]
         if changed:
