@@ -50,7 +50,8 @@ def llama31_ids(tokenizer, query):
 
 def stand_in_session(tokenizer, tmp_path):
     config = types.SimpleNamespace(
-        vision=types.SimpleNamespace(image_size=336), eos_token_ids=[], image_aspect_ratio="pad", resolution_ratio=1
+        vision=types.SimpleNamespace(image_size=336), eos_token_ids=[], image_aspect_ratio="pad", resolution_ratio=1,
+        llm=types.SimpleNamespace(vocab_size=tokenizer.vocab_size),
     )
     model = types.SimpleNamespace(config=config, generation=GenerationConfig())
     session = chat.ChatSession(tmp_path, model=model, params={}, tokenizer=tokenizer)
