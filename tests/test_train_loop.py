@@ -175,7 +175,7 @@ def test_data_without_answers_stops_the_run_and_warnings_name_the_cause(tmp_path
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path, monkeypatch):
     from llava_mini_jax.data.synthetic import write_synthetic_dataset
-    data = write_synthetic_dataset(tmp_path / "data", num_images=4, num_text=4, seed=0)
+    data = write_synthetic_dataset(tmp_path / "data", num_images=8, num_text=0, seed=0)
     cfg = _llava_config(tmp_path, data, str(tmp_path / "data"))
     small = write_tiny_model(str(tmp_path / "small"), "mini", vocab=64)
     cfg = tiny_train_config(small, data=loop.to_dict(cfg.data), train={"max_steps": 3, "global_batch_size": 4})

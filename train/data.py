@@ -238,8 +238,12 @@ def make_llava_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_in
     t = cfg.train
     epochs = max(1, math.ceil(t.epochs))
     data_cfg = llava_data_config(cfg, model_cfg, process_index, process_count, epochs, model_dir, reference_rows)
-    check_vocabulary(SampleProcessor.from_config(data_cfg).tokenizer, model_cfg.llm.vocab_size)
-    it, spe = make_train_pipeline(data_cfg)
+    it, spe = make_train_pipeline(data_cfg)  # names missing data files first
+    try:
+        check_vocabulary(SampleProcessor.from_config(data_cfg).tokenizer, model_cfg.llm.vocab_size)
+    except BaseException:
+        it.close()
+        raise
     needed = num_steps if num_steps is not None else math.ceil(t.epochs * spe)
     if needed > epochs * spe:  # max_steps beyond the epochs: rebuild with enough epochs
         it.close()
