@@ -148,8 +148,8 @@ def _llava_config(tmp_path, data_json, image_folder, **train_kw):
     return tiny_train_config(model, data={"source": "json", "data_path": [data_json], "image_folder": image_folder,
                                           "tokenizer_path": os.path.join(fixtures, "vicuna"), "template": "vicuna_v1",
                                           "model_max_length": 128, "length_buckets": [128], "read_threads": 1},
-                             train={"max_steps": 3, "global_batch_size": 4, **train_kw},
-                             checkpoint={"dir": str(tmp_path / "run")})
+                             train={"max_steps": 3, "global_batch_size": 4, "grad_accum_steps": 2, **train_kw},
+                             checkpoint={"dir": str(tmp_path / "run")})  # the end-to-end test's step: one compile
 
 
 def test_a_wrong_image_folder_stops_the_run_naming_the_cause(tmp_path):

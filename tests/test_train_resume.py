@@ -21,7 +21,7 @@ def _model_json(hidden=32):
 
 def config(run_dir, hidden=32, **sections):
     sections.setdefault("train", {})
-    sections["train"] = {"max_steps": 4, **sections["train"]}
+    sections["train"] = {"max_steps": 6, **sections["train"]}  # as test_train_checkpointing: one compile
     ck = {"dir": str(run_dir), "every_steps": 2, **sections.pop("checkpoint", {})}
     return tiny_train_config(_model_json(hidden), checkpoint=ck, **sections)
 
@@ -75,5 +75,5 @@ def test_resume_refuses_an_incompatible_config_and_accepts_a_compatible_one(tmp_
     with pytest.raises(ConfigError, match=r"holds steps \[2\] of an earlier run and checkpoint.resume=false"):
         train(config(tmp_path, checkpoint={"resume": False}))
     resumed = train(config(tmp_path, checkpoint={"every_steps": 1}))  # may change: accepted
-    assert sorted(resumed.losses) == [3, 4]
+    assert sorted(resumed.losses) == [3, 4, 5, 6]
     assert json.loads((tmp_path / "train_config.json").read_text())["checkpoint"]["every_steps"] == 1
