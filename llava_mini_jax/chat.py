@@ -4,10 +4,17 @@
 inference prompt, preprocesses the image (or video) as the checkpoint's config says (pad /
 resolution ratio / 1-fps frames), generates with the KV cache and streams decoded text. Stop
 strings are applied here (the tokenizer lives here), EOS ids in `generate`.
+
+What a user types is text. A typed `<image>` (or `<image-placeholder>`) is tokenized as those
+characters, in questions and in the history, with one exception (LLaVA's convention): in the
+turn that carries the image or video (the first), the first `<image>` typed marks where the media
+goes instead of the front of the turn. The tokenizer must fit the model's vocabulary (checked at
+load). A conversation that outgrows the model's context drops its oldest turns (and says so).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Callable, Optional
 
@@ -15,12 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import GenerationConfig
-from .conversation import build_inference_prompt, stop_strings, tokenizer_image_token
+from .conversation import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, build_inference_prompt, escape_media_tags, literal_tag,
+                           stop_strings, tokenizer_image_token)
+from .flops import vision_tokens
 from .generate import generate
 from .image_processing import ImageProcessorConfig, load_image, process_image
 from .loading import load_pretrained, read_json, resolve_vision_tower
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer, check_vocabulary, load_tokenizer
 from .video import process_frame_folder, process_video
+
+log = logging.getLogger(__name__)
 
 
 def default_template(tokenizer: Tokenizer) -> str:
@@ -49,10 +60,37 @@ def processor_config(model_dir: str, image_size: int) -> ImageProcessorConfig:
 def prompt_ids(question: str, template: str, tokenizer: Tokenizer, history=(), with_image: bool = False,
                system: Optional[str] = None) -> list[int]:
     """Token ids of the inference prompt for `question` after `history` (`(question, answer)` pairs):
-    the media placeholder (-200) goes into the first user turn when `with_image`; `system` replaces
-    the template's system prompt."""
-    prompt = build_inference_prompt(question, template, tokenizer, history, with_image=with_image, system=system)
+    the media placeholder (-200) goes into the first user turn when `with_image` (where the user
+    typed `<image>` in it, else in front); every other typed `<image>` is text (module doc);
+    `system` replaces the template's system prompt."""
+    history = [(escape_media_tags(q), escape_media_tags(a)) for q, a in history]
+    question = escape_media_tags(question)
+    if with_image:
+        typed = literal_tag(IMAGE_TOKEN)
+        if history:
+            history[0] = (history[0][0].replace(typed, IMAGE_PLACEHOLDER, 1), history[0][1])
+        else:
+            question = question.replace(typed, IMAGE_PLACEHOLDER, 1)
+    prompt = build_inference_prompt(question, template, tokenizer, history, with_image=with_image,
+                                    system=None if system is None else escape_media_tags(system))
     return tokenizer_image_token(prompt, tokenizer)
+
+
+def context_limit(config) -> int:
+    """Positions a prompt plus its answer may take: the LLM's `max_position_embeddings`, and the
+    checkpoint's `tokenizer_model_max_length` when set (spliced sequences are cut there)."""
+    limit = config.llm.max_position_embeddings
+    return min(limit, config.max_length) if config.max_length else limit
+
+
+def prompt_positions(config, ids, pixels: Optional[np.ndarray]) -> int:
+    """LLM positions of a prompt: text ids plus the vision tokens its media puts in place of -200
+    (`pixels`: `[P, 3, H, W]` image, `[T, P, 3, H, W]` video, or None)."""
+    n = len(ids)
+    if pixels is None:
+        return n
+    frames, parts = (pixels.shape[0], pixels.shape[1]) if pixels.ndim == 5 else (1, pixels.shape[0])
+    return n - 1 + vision_tokens(config, parts, frames)
 
 
 def media_pixels(config, processor: ImageProcessorConfig, image=None, video=None,
@@ -99,6 +137,7 @@ class ChatSession:
             model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype)
         self.model, self.params = model, params
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
+        check_vocabulary(self.tokenizer, model.config.llm.vocab_size, f"the model in {self.model_dir}")
         self.template = conv_mode or default_template(self.tokenizer)
         self.processor = processor_config(self.model_dir, model.config.vision.image_size)
         self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
@@ -155,10 +194,33 @@ class ChatSession:
                 answers[i] = _trim_at_stop(self.tokenizer.decode(toks), stops)[0].strip()
         return answers
 
-    def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None) -> str:
+    def fitting_prompt(self, question: str) -> tuple[list[int], int]:
+        """`(prompt ids, k)`: the prompt for `question` after the newest turns of the history that
+        fit the model's context with `max_new_tokens` to spare, leaving out the `k` oldest turns.
+        ValueError when even the question alone does not fit."""
+        limit = context_limit(self.model.config)
+        for k in range(len(self.history) + 1):
+            ids = prompt_ids(question, self.template, self.tokenizer, self.history[k:],
+                             with_image=self.pixels is not None)
+            if prompt_positions(self.model.config, ids, self.pixels) + self.max_new_tokens <= limit:
+                return ids, k
+        need = prompt_positions(self.model.config, ids, self.pixels)
+        raise ValueError(f"the question alone needs {need} positions (prompt, media included) + max_new_tokens="
+                         f"{self.max_new_tokens}, more than the model's context of {limit}: shorten it, use fewer "
+                         f"video frames, or ask for fewer new tokens")
+
+    def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None,
+            on_notice: Optional[Callable[[str], None]] = None) -> str:
         """Answers `question` (the image goes into the first turn); `on_text` receives each new piece
-        of decoded text as it is generated."""
-        ids = np.asarray([self.prompt_ids(question)], np.int32)
+        of decoded text as it is generated. When the conversation no longer fits the model's context,
+        its oldest turns are dropped and `on_notice` (default: a logged warning) says so. The
+        history changes only once an answer is complete."""
+        prompt, dropped = self.fitting_prompt(question)
+        if dropped:
+            (on_notice or log.warning)(
+                f"dropped the {dropped} oldest turn(s) of the conversation to fit the model's context of "
+                f"{context_limit(self.model.config)} positions ({self.max_new_tokens} kept for the answer)")
+        ids = np.asarray([prompt], np.int32)
         images = None if self.pixels is None else self.pixels[None]
         stops = stop_strings(self.template)
         generated: list[int] = []
@@ -178,5 +240,5 @@ class ChatSession:
         answer = answer.strip()
         if on_text is not None and len(answer) > len(shown[0].strip()):
             on_text(answer[len(shown[0].strip()):])
-        self.history.append((question, answer))
+        self.history = self.history[dropped:] + [(question, answer)]
         return answer

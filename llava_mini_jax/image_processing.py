@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 from typing import IO, Any, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, IO[bytes], Image.Image]
 
@@ -164,23 +167,39 @@ def load_image(image: ImageLike) -> Image.Image:
     (transparency ignored), ``I;16`` is clipped to 0..255 (not rescaled),
     ``CMYK`` uses PIL's naive formula.
 
+    An animated image (GIF, APNG, WebP, multi-page TIFF) gives its current frame (the first, for
+    a file) and a logged warning that says which frame of how many was used. An image larger than
+    PIL's decompression-bomb limit is a ValueError naming it.
+
     Args:
       image: a path, a binary file object, or a PIL image (converted if not RGB).
     Returns:
       a PIL image in mode ``RGB``, fully loaded.
     """
     if isinstance(image, Image.Image):
+        _note_frames(image, "the given PIL image")
         return image if image.mode == "RGB" else image.convert("RGB")
     name = repr(str(image)) if isinstance(image, (str, os.PathLike)) else repr(image)
     if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
         raise FileNotFoundError(f"image file not found: {name}")
     try:
         with Image.open(image) as img:
+            _note_frames(img, name)
             return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {name} is too large to decode safely ({e}); the limit is PIL's "
+                         f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS} (raise it only for files you trust)") from None
     except UnidentifiedImageError as e:
         raise ValueError(f"cannot identify image {name}: not an image or unsupported format") from e
     except OSError as e:  # truncated or otherwise undecodable data
         raise ValueError(f"cannot decode image {name}: {e}") from e
+
+
+def _note_frames(img: Image.Image, name: str) -> None:
+    """Warns that only one frame of an animated image is used, naming which."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        log.warning("image %s is animated (%d frames); using frame %d (0-based) only", name, frames, img.tell())
 
 
 def expand2square(img: Image.Image, fill: Sequence[int]) -> Image.Image:

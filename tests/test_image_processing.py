@@ -207,6 +207,30 @@ def test_load_image_errors(tmp_path):
         ip.load_image(tmp_path / "truncated.png")
 
 
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    Image.new("L", (64, 64)).save(tmp_path / "huge.png")  # 4096 pixels; the limit is lowered below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # > 2 x 1000 pixels: PIL refuses it outright
+    with pytest.raises(ValueError, match=r"image '.*huge.png' is too large to decode safely .*4096 pixels.*"
+                                         r"Image.MAX_IMAGE_PIXELS=1000"):
+        ip.load_image(tmp_path / "huge.png")
+
+
+def test_animated_image_says_which_frame_is_used(tmp_path, caplog):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    first = np.asarray(ip.load_image(tmp_path / "anim.gif"))
+    assert first[0, 0].tolist() == [255, 0, 0]
+    assert "anim.gif' is animated (3 frames); using frame 0 (0-based) only" in caplog.text
+    caplog.clear()
+    with Image.open(tmp_path / "anim.gif") as pil:
+        pil.seek(2)
+        assert np.asarray(ip.load_image(pil))[0, 0].tolist() == [0, 0, 255]
+    assert "the given PIL image is animated (3 frames); using frame 2 (0-based) only" in caplog.text
+    caplog.clear()
+    ip.load_image(IMAGES["pal_120x80"])
+    assert "animated" not in caplog.text
+
+
 # --- padding and splitting, hand-worked --------------------------------------------------------------
 
 
