@@ -137,7 +137,9 @@ class ChatSession:
             model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype)
         self.model, self.params = model, params
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
-        check_vocabulary(self.tokenizer, model.config.llm.vocab_size, f"the model in {self.model_dir}")
+        llm = getattr(model.config, "llm", None)  # None: a stand-in model without an LLM (prompt tests)
+        if llm is not None:
+            check_vocabulary(self.tokenizer, llm.vocab_size, f"the model in {self.model_dir}")
         self.template = conv_mode or default_template(self.tokenizer)
         self.processor = processor_config(self.model_dir, model.config.vision.image_size)
         self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
