@@ -76,6 +76,20 @@ def test_ask_equals_generate_on_the_same_prompt(session, image):
     assert answer == session.tokenizer.decode(toks).split("</s>")[0].strip()
 
 
+def test_video_stays_uint8_and_streams_to_the_same_answer(session, tmp_path):
+    """`set_video` keeps uint8 frames (a quarter of float32's bytes) that `ask` streams to the device in
+    chunks; the answer is the one float32 pixels give."""
+    video = write_video(tmp_path / "long.mkv", frames=20, fps=4)
+    session.set_video(video)
+    assert session.pixels.dtype == np.uint8 and session.pixels.shape == (5, 1, 16, 16, 3)
+    floats = session.load_pixels(video=video)
+    ids = np.asarray([session.prompt_ids("What happens?")])
+    want = generate(session.model.clone(video_chunk_size=2), session.params, ids, images=floats[None],
+                    max_new_tokens=6, eos_token_ids=session.eos_ids(), pad_token_id=-1)
+    answer = session.ask("What happens?")
+    assert answer == session.tokenizer.decode([int(t) for t in want[0] if t >= 0]).split("</s>")[0].strip()
+
+
 def test_batch_answers_equal_single_answers(session, image, tmp_path):
     video = write_video(tmp_path / "clip.mkv")
     pixels = [session.load_pixels(image=image), None, session.load_pixels(video=video), session.load_pixels(image=image)]
