@@ -105,12 +105,13 @@ def write_cache(cache: jnp.ndarray, update: jnp.ndarray, index: jnp.ndarray) -> 
 
 def write_layer(cache: jnp.ndarray, update: jnp.ndarray, layer, index) -> jnp.ndarray:
     """Writes `update [B, T, KV, hd]` into layer `layer` of the stacked `cache [layers, B, S, KV, hd]`
-    at slot `index` (a scalar: every row at once, one `dynamic_update_slice`) or `index [B]` (each row
-    at its own slot, one scatter). Both update a donated / carried cache in place."""
+    at slot `index` (a scalar, or `[1]`: one `dynamic_update_slice`) or `index [B]` (each row at its
+    own slot, one scatter). Both update a donated / carried cache in place (the single-row case as a
+    slice also on XLA:CPU, which computes a bfloat16 scatter in float32 into a second cache)."""
     update = update.astype(cache.dtype)
     index = jnp.asarray(index, jnp.int32)
-    if index.ndim == 0:
-        return jax.lax.dynamic_update_slice(cache, update[None], (layer, 0, index, 0, 0))
+    if index.ndim == 0 or index.shape[0] == 1:
+        return jax.lax.dynamic_update_slice(cache, update[None], (layer, 0, index.reshape(()), 0, 0))
     b, t = update.shape[:2]
     rows = jnp.arange(b)[:, None]
     slots = index[:, None] + jnp.arange(t)[None, :]

@@ -310,6 +310,8 @@ def test_write_layer_hand_values():
     own = np.asarray(write_layer(cache, update, jnp.int32(0), jnp.array([0, 3])))[..., 0, 0]  # rows' own slots
     np.testing.assert_array_equal(own[0], [[1, 2, 0, 0, 0], [0, 0, 0, 3, 4]])
     np.testing.assert_array_equal(own[1], 0)
+    one = np.asarray(write_layer(cache[:, :1], update[:1], 1, jnp.array([1])))[..., 0, 0]  # one row: a plain slice
+    np.testing.assert_array_equal(one[1], [[0, 1, 2, 0, 0]])
 
 
 def test_attention_impl_auto_resolves_to_what_applies():
