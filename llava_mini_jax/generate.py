@@ -8,8 +8,8 @@ Static shapes, bucketed so that what a caller varies rarely compiles a new progr
 - the prompt is right-padded to `bucket_length(L)` columns;
 - the output has `bucket_length(max_new_tokens)` columns; `max_new_tokens` itself is a device value,
   so every count up to the bucket runs the same programs;
-- the KV cache has `bucket_length(L' + that bucket)` slots (L' the spliced length) and is updated in
-  place (donated, carried through the layers);
+- the KV cache has `L' + that bucket` slots (L' the spliced length, rounded up to 128) and is
+  updated in place (donated, carried through the layers); `static_shapes` says all of them;
 - a video of T frames is padded to `frame_bucket(T, video_chunk_size)` frames: the frames stream
   from the host a chunk at a time (uint8 when the caller passes uint8, CLIP-normalised on the
   device) through CLIP, compressor and pre-fusion into a buffer of vision tokens; only the T real
@@ -312,6 +312,35 @@ def _check_context(cfg: LlavaMiniConfig, ids, mask, media: _Media, max_new_token
     return ids, mask, limit
 
 
+class Shapes(NamedTuple):
+    """The static shapes of one `generate` call (what keys its compiled programs)."""
+
+    width: int  # prompt columns: bucket_length(L)
+    steps: int  # output columns: bucket_length(max_new_tokens)
+    frames: int  # video frames after padding (0 without video)
+    chunk_frames: int  # frames streamed per chunk (0 without video)
+    prompt_len: int  # the static spliced length L'
+    cache_size: int  # KV-cache slots
+    prefill_chunk: Optional[int]  # tokens per prefill chunk, None: one pass
+
+
+def static_shapes(model: LlavaMini, seq_len: int, kind: Optional[str] = None, frames: int = 0, per_frame: int = 0,
+                  max_new_tokens: int = 32, prefill_chunk: Optional[int] = 2048, cut: Optional[int] = None) -> Shapes:
+    """The static shapes `generate` runs a prompt of `seq_len` columns with: media `kind` (None,
+    "image", "video") of `frames` frames and `per_frame` vision tokens each. Every size a caller
+    varies is bucketed, so the KV cache is sized exactly for the buckets (`L' + steps` slots,
+    rounded up to 128, and whole prefill chunks): it needs no bucket of its own."""
+    width, steps = bucket_length(seq_len), bucket_length(max_new_tokens)
+    chunk_frames, padded = frame_bucket(frames, model.video_chunk_size) if kind == "video" else (0, 0)
+    tokens = padded * per_frame if kind == "video" else frames * per_frame
+    prompt_len = width if kind is None else spliced_length(width, tokens, cut)
+    cache_size = -(-(prompt_len + steps) // 128) * 128
+    chunk = prefill_chunk if prefill_chunk is not None and prompt_len > prefill_chunk else None
+    if chunk is not None:
+        cache_size = max(cache_size, -(-prompt_len // chunk) * chunk)
+    return Shapes(width, steps, padded, chunk_frames, prompt_len, cache_size, chunk)
+
+
 def _as_key(rng):
     if rng is None:
         return jax.random.key(0)
@@ -398,17 +427,10 @@ def generate(model: LlavaMini, params, input_ids, attention_mask=None, images=No
     ids, mask, cut = _check_context(cfg, ids, mask, media, max_new_tokens, truncation)
 
     b = ids.shape[0]
-    width = bucket_length(ids.shape[1])
-    ids, mask = _pad_columns(ids, width, 0), _pad_columns(mask, width, 0)
-    steps = bucket_length(max_new_tokens)
-    static_tokens = media.tokens
-    if media.kind == "video":
-        static_tokens = frame_bucket(media.frames, model.video_chunk_size)[1] * media.per_frame
-    prompt_len = width if media.kind is None else spliced_length(width, static_tokens, cut)
-    cache_size = bucket_length(prompt_len + steps)
-    chunk = prefill_chunk if prefill_chunk is not None and prompt_len > prefill_chunk else None
-    if chunk is not None:
-        cache_size = max(cache_size, -(-prompt_len // chunk) * chunk)
+    shapes = static_shapes(model, ids.shape[1], media.kind, media.frames, media.per_frame, max_new_tokens,
+                           prefill_chunk, cut)
+    ids, mask = _pad_columns(ids, shapes.width, 0), _pad_columns(mask, shapes.width, 0)
+    steps, cache_size, chunk = shapes.steps, shapes.cache_size, shapes.prefill_chunk
 
     progs = programs(model, float(temperature), top_k, top_p)
     key = _as_key(rng)
