@@ -115,7 +115,7 @@ def write_layer(cache: jnp.ndarray, update: jnp.ndarray, layer, index) -> jnp.nd
     b, t = update.shape[:2]
     rows = jnp.arange(b)[:, None]
     slots = index[:, None] + jnp.arange(t)[None, :]
-    return cache.at[layer, rows, slots].set(update, mode="promise_in_bounds")
+    return cache.at[layer, rows, slots].set(update, mode="drop")  # a slot past the cache is dropped, never clamped
 
 
 def read_layer(cache: jnp.ndarray, layer) -> jnp.ndarray:
