@@ -86,7 +86,7 @@ class Setting:
 
 FULL = Setting(llm="vicuna-7b", prompt_tokens=64, max_new_tokens=64,
                frames={"mini": (1000, 2000, 5000, 10000, 15000, 20000), "baseline": (8, 16, 32)},
-               video_chunk_size=16, prefill_chunk=256, budget_gib=24.0, dtype="bfloat16", isolate=True)
+               video_chunk_size=16, prefill_chunk=128, budget_gib=24.0, dtype="bfloat16", isolate=True)
 TINY = Setting(llm="tiny", prompt_tokens=8, max_new_tokens=4, frames={"mini": (4, 8), "baseline": (4,)},
                video_chunk_size=4, prefill_chunk=8, budget_gib=24.0, dtype="float32", isolate=False, weight_std=0.2,
                planned_llms=("tiny",), planned_frames=(4, 8), plan_limit_frames=64, plan_budget_gib=0.000918, tiny=True)
@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "video_memory_planned.json or video_memory_analytic.json; none "
                                                     "with --tiny)")
     args = parser.parse_args(argv)
+    command = " ".join(["python -m benchmarks.video_memory"] + list(sys.argv[1:] if argv is None else argv))
     setting = TINY if args.tiny else FULL
     over: dict = {}
     if args.llm and not args.tiny:
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             for figure in analytic(llm, setting.budget_gib):
                 emit(figure, results)
         write_results(args.out or default_out("video_memory_analytic", args.tiny), "video_memory_analytic",
-                      {"budget_gib": setting.budget_gib, "prompt_tokens": 64, "dtype": "bfloat16"}, results)
+                      {"budget_gib": setting.budget_gib, "prompt_tokens": 64, "dtype": "bfloat16"}, results,
+                      command=command)
         return 0
     if args.planned or args.tiny:
         results = []
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             setting_doc = {k: v for k, v in dataclasses.asdict(setting).items() if k not in ("frames", "isolate",
                                                                                              "strategies")}
             write_results(args.out or default_out("video_memory_planned", False), "video_memory_planned",
-                          dict(setting_doc, xla_flags=PLAN_XLA_FLAGS), results)
+                          dict(setting_doc, xla_flags=PLAN_XLA_FLAGS), results, command=command)
             return 0
     else:
         results = []
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the measured points need a GPU (use --tiny, --planned or --analytic-only on CPU)")
     results += run(setting)
     write_results(args.out or default_out("video_memory", args.tiny), "video_memory", dataclasses.asdict(setting),
-                  results)
+                  results, command=command)
     return 0
 
 
