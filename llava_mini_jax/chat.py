@@ -3,7 +3,9 @@
 `ChatSession(model_dir).ask("What is in the image?", image="cat.png")` builds the reference's
 inference prompt, preprocesses the image (or video) as the checkpoint's config says (pad /
 resolution ratio / 1-fps frames), generates with the KV cache and streams decoded text. Stop
-strings are applied here (the tokenizer lives here), EOS ids in `generate`.
+strings are applied here (the tokenizer lives here), EOS ids in `generate`. A video stays uint8 on
+the host (resized and cropped, a quarter of float32's bytes) and `generate` streams it to the device
+a chunk of frames at a time, normalised there.
 
 What a user types is text. A typed `<image>` (or `<image-placeholder>`) is tokenized as those
 characters, in questions and in the history, with one exception (LLaVA's convention): in the
@@ -25,7 +27,7 @@ from .config import GenerationConfig
 from .conversation import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, build_inference_prompt, escape_media_tags, literal_tag,
                            stop_strings, tokenizer_image_token)
 from .flops import vision_tokens
-from .generate import generate
+from .generate import generate, max_prompt_tokens
 from .image_processing import ImageProcessorConfig, load_image, process_image
 from .loading import load_pretrained, read_json, resolve_vision_tower
 from .tokenizer import Tokenizer, check_vocabulary, load_tokenizer
@@ -76,13 +78,6 @@ def prompt_ids(question: str, template: str, tokenizer: Tokenizer, history=(), w
     return tokenizer_image_token(prompt, tokenizer)
 
 
-def context_limit(config) -> int:
-    """Positions a prompt plus its answer may take: the LLM's `max_position_embeddings`, and the
-    checkpoint's `tokenizer_model_max_length` when set (spliced sequences are cut there)."""
-    limit = config.llm.max_position_embeddings
-    return min(limit, config.max_length) if config.max_length else limit
-
-
 def prompt_positions(config, ids, pixels: Optional[np.ndarray]) -> int:
     """LLM positions of a prompt: text ids plus the vision tokens its media puts in place of -200
     (`pixels`: `[P, 3, H, W]` image, `[T, P, 3, H, W]` video, or None)."""
@@ -94,16 +89,18 @@ def prompt_positions(config, ids, pixels: Optional[np.ndarray]) -> int:
 
 
 def media_pixels(config, processor: ImageProcessorConfig, image=None, video=None,
-                 max_frames: Optional[int] = None) -> Optional[np.ndarray]:
+                 max_frames: Optional[int] = None, as_uint8: bool = False) -> Optional[np.ndarray]:
     """Pixels for one image (`[P, 3, H, W]`: pad / resolution-ratio split as `config` says, inference
     order) or video (`[T, P, 3, H, W]`, ~1 frame per second, at most `max_frames`), else None.
-    `image`: a path, a binary file object or a PIL image; `video`: a file or a folder of frames."""
+    `image`: a path, a binary file object or a PIL image; `video`: a file or a folder of frames.
+    `as_uint8`: uint8 `[P, H, W, 3]` / `[T, P, H, W, 3]` before normalisation (`generate` normalises
+    them on the device with `processor`)."""
     if image is not None:
         return process_image(load_image(image), config.image_aspect_ratio, config.resolution_ratio, processor,
-                             mode="inference")
+                             mode="inference", as_uint8=as_uint8)
     if video is not None:
         load = process_frame_folder if os.path.isdir(video) else process_video
-        return load(video, processor, config.resolution_ratio, "infer_1fps", max_frames)[0]
+        return load(video, processor, config.resolution_ratio, "infer_1fps", max_frames, as_uint8=as_uint8)[0]
     return None
 
 
@@ -153,17 +150,20 @@ class ChatSession:
         return self.pixels
 
     def set_video(self, path, max_frames: Optional[int] = None) -> np.ndarray:
-        """Samples ~1 frame per second. Returns `[T, P, 3, H, W]`."""
-        self.pixels = self.load_pixels(video=path, max_frames=max_frames)
+        """Samples ~1 frame per second. Returns uint8 `[T, P, H, W, 3]` (resized and cropped; `ask`
+        streams them to the device in chunks, where they are normalised)."""
+        self.pixels = self.load_pixels(video=path, max_frames=max_frames, as_uint8=True)
         self.history = []
         return self.pixels
 
     def prompt_ids(self, question: str) -> list[int]:
         return prompt_ids(question, self.template, self.tokenizer, self.history, with_image=self.pixels is not None)
 
-    def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None) -> Optional[np.ndarray]:
-        """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the session."""
-        return media_pixels(self.model.config, self.processor, image, video, max_frames)
+    def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None,
+                    as_uint8: bool = False) -> Optional[np.ndarray]:
+        """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the
+        session (uint8 `[.., H, W, 3]` with `as_uint8`, see `media_pixels`)."""
+        return media_pixels(self.model.config, self.processor, image, video, max_frames, as_uint8)
 
     def eos_ids(self) -> list[int]:
         """The ids that end an answer; a model object without a `generation` field (e.g. a stand-in
@@ -176,7 +176,7 @@ class ChatSession:
         (videos of different lengths go separately); each row continues from its own last token."""
         groups: dict = {}
         for i, px in enumerate(pixels):
-            groups.setdefault(None if px is None else tuple(px.shape), []).append(i)
+            groups.setdefault(None if px is None else (tuple(px.shape), np.dtype(px.dtype).str), []).append(i)
         answers: list[Optional[str]] = [None] * len(questions)
         stops = stop_strings(self.template)
         for shape, rows in groups.items():
@@ -190,7 +190,8 @@ class ChatSession:
             images = None if shape is None else np.stack([pixels[i] for i in rows])
             out = generate(self.model, self.params, ids, attention_mask=mask, images=images,
                            max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=self.temperature,
-                           top_p=self.top_p, eos_token_ids=self.eos_ids(), pad_token_id=-1, rng=self.seed)
+                           top_p=self.top_p, eos_token_ids=self.eos_ids(), pad_token_id=-1, rng=self.seed,
+                           processor=self.processor)
             for r, i in enumerate(rows):
                 toks = [int(t) for t in out[r] if t >= 0]
                 answers[i] = _trim_at_stop(self.tokenizer.decode(toks), stops)[0].strip()
@@ -200,16 +201,16 @@ class ChatSession:
         """`(prompt ids, k)`: the prompt for `question` after the newest turns of the history that
         fit the model's context with `max_new_tokens` to spare, leaving out the `k` oldest turns.
         ValueError when even the question alone does not fit."""
-        limit = context_limit(self.model.config)
+        limit = max_prompt_tokens(self.model.config, self.max_new_tokens)
         for k in range(len(self.history) + 1):
             ids = prompt_ids(question, self.template, self.tokenizer, self.history[k:],
                              with_image=self.pixels is not None)
-            if prompt_positions(self.model.config, ids, self.pixels) + self.max_new_tokens <= limit:
+            if prompt_positions(self.model.config, ids, self.pixels) <= limit:
                 return ids, k
         need = prompt_positions(self.model.config, ids, self.pixels)
-        raise ValueError(f"the question alone needs {need} positions (prompt, media included) + max_new_tokens="
-                         f"{self.max_new_tokens}, more than the model's context of {limit}: shorten it, use fewer "
-                         f"video frames, or ask for fewer new tokens")
+        raise ValueError(f"the question alone needs {need} positions (prompt, media included), more than the "
+                         f"model's context leaves for a prompt ({limit} with max_new_tokens={self.max_new_tokens}): "
+                         f"shorten it, use fewer video frames, or ask for fewer new tokens")
 
     def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None,
             on_notice: Optional[Callable[[str], None]] = None) -> str:
@@ -220,8 +221,9 @@ class ChatSession:
         prompt, dropped = self.fitting_prompt(question)
         if dropped:
             (on_notice or log.warning)(
-                f"dropped the {dropped} oldest turn(s) of the conversation to fit the model's context of "
-                f"{context_limit(self.model.config)} positions ({self.max_new_tokens} kept for the answer)")
+                f"dropped the {dropped} oldest turn(s) of the conversation to fit the model's context "
+                f"({max_prompt_tokens(self.model.config, self.max_new_tokens)} prompt positions, "
+                f"{self.max_new_tokens} kept for the answer)")
         ids = np.asarray([prompt], np.int32)
         images = None if self.pixels is None else self.pixels[None]
         stops = stop_strings(self.template)
@@ -237,7 +239,7 @@ class ChatSession:
 
         generate(self.model, self.params, ids, images=images, max_new_tokens=self.max_new_tokens,
                  temperature=self.temperature, top_p=self.top_p, eos_token_ids=self.eos_ids(),
-                 pad_token_id=self.tokenizer.pad_id or 0, rng=self.seed, stream=stream)
+                 pad_token_id=self.tokenizer.pad_id or 0, rng=self.seed, stream=stream, processor=self.processor)
         answer, _ = _trim_at_stop(self.tokenizer.decode(generated), stops)
         answer = answer.strip()
         if on_text is not None and len(answer) > len(shown[0].strip()):

@@ -76,6 +76,20 @@ def test_ask_equals_generate_on_the_same_prompt(session, image):
     assert answer == session.tokenizer.decode(toks).split("</s>")[0].strip()
 
 
+def test_video_stays_uint8_and_streams_to_the_same_answer(session, tmp_path):
+    """`set_video` keeps uint8 frames (a quarter of float32's bytes) that `ask` streams to the device in
+    chunks; the answer is the one float32 pixels give."""
+    video = write_video(tmp_path / "long.mkv", frames=20, fps=4)
+    session.set_video(video)
+    assert session.pixels.dtype == np.uint8 and session.pixels.shape == (5, 1, 16, 16, 3)
+    floats = session.load_pixels(video=video)
+    ids = np.asarray([session.prompt_ids("What happens?")])
+    want = generate(session.model.clone(video_chunk_size=2), session.params, ids, images=floats[None],
+                    max_new_tokens=6, eos_token_ids=session.eos_ids(), pad_token_id=-1)
+    answer = session.ask("What happens?")
+    assert answer == session.tokenizer.decode([int(t) for t in want[0] if t >= 0]).split("</s>")[0].strip()
+
+
 def test_batch_answers_equal_single_answers(session, image, tmp_path):
     video = write_video(tmp_path / "clip.mkv")
     pixels = [session.load_pixels(image=image), None, session.load_pixels(video=video), session.load_pixels(image=image)]
@@ -140,18 +154,17 @@ def test_a_long_conversation_drops_its_oldest_turns_and_says_so(session, image, 
         session.model.config, chat.prompt_ids("newest?", session.template, session.tokenizer, session.history[1:],
                                               with_image=True), session.pixels)
     # room for the question, the answer and two old turns: the two oldest go
-    monkeypatch.setattr(chat, "context_limit", lambda config: positions - 2 * one_turn + session.max_new_tokens)
+    monkeypatch.setattr(chat, "max_prompt_tokens", lambda config, max_new_tokens: positions - 2 * one_turn)
     notes = []
     ids, dropped = session.fitting_prompt("newest?")
     assert dropped == 2 and ids.count(IMAGE_TOKEN_INDEX) == 1  # the image moves to the first kept turn
     assert "question 2" in _text(session, ids) and "question 1" not in _text(session, ids)
     session.ask("newest?", on_notice=notes.append)
-    assert notes == [f"dropped the 2 oldest turn(s) of the conversation to fit the model's context of "
-                     f"{positions - 2 * one_turn + session.max_new_tokens} positions ({session.max_new_tokens} kept "
-                     f"for the answer)"]
+    assert notes == [f"dropped the 2 oldest turn(s) of the conversation to fit the model's context "
+                     f"({positions - 2 * one_turn} prompt positions, {session.max_new_tokens} kept for the answer)"]
     assert [q[:10] for q, _ in session.history] == ["question 2", "question 3", "newest?"]
     before = list(session.history)
-    with pytest.raises(ValueError, match=r"the question alone needs \d+ positions .*more than the model's context"):
+    with pytest.raises(ValueError, match=r"the question alone needs \d+ positions .*more than the model's context leaves"):
         session.ask("word " * 400)
     assert session.history == before  # nothing lost on an error
 
