@@ -110,7 +110,7 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
     `reader`: what reads the params (default `ParamsReader(src/params)`; `convert.lora` passes one
     that merges LoRA adapters)."""
     src = os.path.abspath(os.fspath(src))
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, sources=[src])
     max_bytes = parse_size(max_shard_size)
     config = read_config(src)
     check_model_type(config, src)
