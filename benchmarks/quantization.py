@@ -3,6 +3,7 @@
     python -m benchmarks.quantization                      # memory + fixtures + the demo's toy model (~10 min, CPU)
     python -m benchmarks.quantization --demo-dir demo_out  # reuse a `llava-mini-jax demo` run's LLaVA-Mini export
     python -m benchmarks.quantization --decode             # GPU: decode tokens/s, bf16 / int8 / int4 (8B)
+    python -m benchmarks.quantization --decode --tiny      # the same on the tiny model (any backend, seconds)
     python -m benchmarks.quantization --tiny               # seconds (the test suite)
 
 Figures (one JSON line each; all of them in `benchmarks/results/quantization.json`):
@@ -200,6 +201,10 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-steps", type=int, default=128)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.decode and not args.tiny and jax.default_backend() == "cpu":
+        ap.error("the 8B decode figure (--decode) needs a GPU (use --decode --tiny on CPU)")
+    if args.decode_steps < 1:
+        ap.error(f"--decode-steps must be >= 1, got {args.decode_steps}")
     sink: list = []
     name = "quantization_decode" if args.decode else "quantization"
     out = args.out or default_out(name, args.tiny)

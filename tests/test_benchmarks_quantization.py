@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import jax
+import pytest
+
 from benchmarks import lora_memory, quantization
 
 
@@ -30,6 +33,10 @@ def test_quantization_decode_tiny(tmp_path, capsys):
     decode = {f["mode"]: f for f in _lines(capsys) if f["kind"] == "decode"}
     assert set(decode) == {"bf16", "int8", "int4"} and all(f["tokens_per_s"] > 0 for f in decode.values())
     assert decode["int4"]["param_bytes"] < decode["int8"]["param_bytes"] < decode["bf16"]["param_bytes"]
+    if jax.default_backend() == "cpu":  # the 8B figure is refused in one line without a GPU
+        with pytest.raises(SystemExit) as e:
+            quantization.main(["--decode"])
+        assert e.value.code == 2 and "needs a GPU" in capsys.readouterr().err
 
 
 def test_lora_memory_tiny(tmp_path, capsys):
