@@ -1,6 +1,6 @@
-"""lora.py: adapters leave the model's outputs unchanged at initialisation (float and int4 bases:
-bit for bit; an int8 base takes the same path: qwix's LoRA over a quantized dot_general), merging equals the adapted model (1e-5),
-targets, adapter shapes and logical names, errors."""
+"""lora.py: adapters leave the model's outputs unchanged at initialisation (float, int8 and int4
+bases: bit for bit), merging equals the adapted model (1e-5), targets, adapter shapes and logical
+names, errors."""
 from __future__ import annotations
 
 import functools
@@ -54,7 +54,7 @@ def _adapted(quantize=None):
 INT4 = Q.QuantizeConfig("int4", group_size=8)
 
 
-@pytest.mark.parametrize("quantize", [None, INT4])
+@pytest.mark.parametrize("quantize", [None, "int8", INT4])
 def test_outputs_at_init_equal_the_base_model(quantize):
     lm, base_params, adapters, plain = _adapted(quantize)
     want = _logits(plain, base_params)
