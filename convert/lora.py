@@ -144,6 +144,7 @@ def export_peft(step_dir: str, out: str, alpha: Optional[float] = None, base_mod
                 overwrite: bool = False) -> str:
     """The adapters of `step_dir` in PEFT's format at `out` (see the module doc)."""
     from safetensors.numpy import save_file
+    out = check_output(out, overwrite, sources=[step_dir])  # before the work: a refused output fails fast
     settings = run_lora_settings(step_dir, alpha)
     tensors, modules, rank = peft_tensors(step_dir)
     config = {
@@ -153,7 +154,6 @@ def export_peft(step_dir: str, out: str, alpha: Optional[float] = None, base_mod
         "target_modules": sorted({m.rsplit(".", 1)[-1] for m in modules}),
         "base_model_name_or_path": base_model, "revision": None, "modules_to_save": None,
     }
-    out = check_output(out, overwrite)
     with staged_output(out, overwrite) as tmp:
         save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:

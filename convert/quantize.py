@@ -74,7 +74,7 @@ def quantize_checkpoint(src: str, out: str, config: QuantizeConfig, dtype: Optio
                         overwrite: bool = False, scan_layers: bool = True) -> str:
     """Quantizes checkpoint directory `src` into `out` (see the module doc). Returns `out`."""
     src = os.path.abspath(os.fspath(src))
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, sources=[src])
     source_config = read_config(src)
     _, vision_dict, tower_dir = resolve_vision(source_config, src, None)
     param_dtype = parse_dtype(dtype) if dtype is not None else np.float32

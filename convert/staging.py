@@ -5,7 +5,7 @@ Safety rules of every command that writes a model directory (`check_output`):
 * the output must not be, contain, or lie inside one of its sources (`--out RUN --src RUN/12`
   would replace the whole training run);
 * an existing output is replaced only with `--overwrite`, only when it is a model directory (a
-  `config.json` at its top) or empty, never a training run directory, and the command names
+  `config.json` at its top, or a PEFT adapter's `adapter_config.json`) or empty, never a training run directory, and the command names
   what it will delete before it starts;
 * the temporary sibling `.OUT.tmp-XXXX` is created with a lock file beside it (`.OUT.tmp-XXXX.lock`,
   `flock`ed for the command's life); the next command on the same output removes siblings whose
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _LOCK = ".lock"
 _RUN_MARKERS = ("train_config.json", "run.lock", "metrics.jsonl")
+_MODEL_MARKERS = ("config.json", "adapter_config.json")  # a model, or a PEFT adapter (convert.lora --peft)
 
 
 def _real(path: str) -> str:
@@ -87,7 +88,7 @@ def check_output(out: str, overwrite: bool, sources: Sequence[Optional[str]] = (
                                                      for n in names):
         raise FileExistsError(f"output {out} is a training run directory ({describe_contents(out)}); --overwrite "
                               "never replaces one: choose another output")
-    if names and "config.json" not in names:
+    if names and not any(m in names for m in _MODEL_MARKERS):
         raise FileExistsError(f"output {out} is not a model directory (no config.json; it holds "
                               f"{describe_contents(out)}); --overwrite only replaces a model directory: choose "
                               "another output or remove it yourself")

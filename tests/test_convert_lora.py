@@ -99,6 +99,12 @@ def test_peft_adapter_loads_into_hf_llama(tmp_path):
     np.testing.assert_allclose(plain.numpy()[real], _logits(LlavaMini(lm.config), adapted)[real], atol=1e-4,
                                rtol=1e-4)
     assert np.abs(plain.numpy()[real] - want[real]).max() > 1e-2
+    # an adapter directory is replaced with --overwrite only; never written inside the step
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_peft(step, out)
+    assert export_peft(step, out, overwrite=True) == out
+    with pytest.raises(ValueError, match="inside the source"):
+        export_peft(step, f"{step}/peft")
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -62,3 +62,5 @@ def test_cli_never_leaves_partial_output(tmp_path, capsys):
     assert main(["--src", str(SRC), "--out", str(out), "--mode", "int8"]) == 0
     assert main(["--src", str(SRC), "--out", str(out), "--mode", "int8"]) == 2  # exists: needs --overwrite
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["--src", str(out), "--out", str(out / "again"), "--mode", "int8"]) == 2  # inside its source
+    assert "lies inside the source" in capsys.readouterr().err and not (out / "again").exists()
