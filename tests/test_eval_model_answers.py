@@ -109,3 +109,21 @@ def test_explicit_budget_overrides_the_reference(llama31, recorded, tmp_path):
     items = bench.read(syn.msvd_qa(tmp_path), "test")
     assert make_answer_fn(session, bench, max_new_tokens=5)(items) == ["", ""]
     assert recorded[0]["max_new_tokens"] == 5
+
+
+def test_answer_settings_name_a_quantized_model():
+    """Answers of an int8 model are never resumed under the float model (or int4): the settings differ."""
+    from llava_mini_jax import quantize as Q
+    from llava_mini_jax.eval.model_answers import answer_settings
+    from llava_mini_jax.model import LlavaMini
+    from llava_mini_jax.tiny import tiny_config
+    model = LlavaMini(tiny_config("mini"))
+
+    def settings(m):
+        session = types.SimpleNamespace(model=m, params={}, temperature=0.0, top_p=None)
+        return answer_settings(session, "vicuna_v1", 16, None, False)
+    plain = settings(model)
+    assert "quantize" not in plain  # a float model's settings as before this key existed
+    int8 = settings(Q.quantize_model(model, "int8"))
+    assert int8 == dict(plain, quantize=Q.QuantizeConfig("int8").to_dict())
+    assert settings(Q.quantize_model(model, "int4"))["quantize"]["mode"] == "int4"

@@ -43,10 +43,16 @@ def answer_settings(session, template: str, max_new_tokens: int, max_frames: Opt
                     fix_reference_prompts: bool) -> dict:
     """The settings a benchmark's answers depend on, besides the model (JSON-able)."""
     import jax
+    from llava_mini_jax.quantize import model_quantize_config
     leaves = jax.tree.leaves(session.params)
-    return {"template": template, "max_new_tokens": max_new_tokens, "max_frames": max_frames,
-            "temperature": session.temperature, "top_p": session.top_p,
-            "dtype": str(leaves[0].dtype) if leaves else None, "fix_reference_prompts": bool(fix_reference_prompts)}
+    settings = {"template": template, "max_new_tokens": max_new_tokens, "max_frames": max_frames,
+                "temperature": session.temperature, "top_p": session.top_p,
+                "dtype": str(leaves[0].dtype) if leaves else None,
+                "fix_reference_prompts": bool(fix_reference_prompts)}
+    quantized = model_quantize_config(session.model)
+    if quantized is not None:  # (only then: a float model's settings stay as before)
+        settings["quantize"] = quantized.to_dict()
+    return settings
 
 
 def evaluate_model(bench: str, model, data_dir, split: Optional[str] = None, batch_size: int = 8,
