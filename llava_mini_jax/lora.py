@@ -28,7 +28,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import qwix
 from flax import linen as nn
 from flax import traverse_util
 
@@ -93,10 +92,6 @@ def target_modules(abstract, targets) -> list[str]:
     return out
 
 
-class _Provider(quantization.QuantizedLookups, qwix.LoraProvider):
-    """qwix's (Q)LoRA with `quantize.QuantizedLookups` (quantized embedding gather, typed einsum)."""
-
-
 def _alternation(paths) -> str:
     return "(" + "|".join(re.escape(p) for p in paths) + ")"
 
@@ -111,11 +106,11 @@ def rules(config: LoraConfig, modules: list[str], model_config, quantize=None) -
         for path, names, tile in quantization.quantized_ops(qc, model_config):
             mine = [m for m in left if re.fullmatch(path, m) and "dot_general" in names]
             if mine:
-                out.append(qwix.LoraRule(module_path=_alternation(mine), op_names=("dot_general",),
+                out.append(quantization.qwix_api().LoraRule(module_path=_alternation(mine), op_names=("dot_general",),
                                          weight_qtype=qc.qtype, tile_size=tile, **lora))
                 left = [m for m in left if m not in mine]
     if left:
-        out.append(qwix.LoraRule(module_path=_alternation(left), op_names=("dot_general",), **lora))
+        out.append(quantization.qwix_api().LoraRule(module_path=_alternation(left), op_names=("dot_general",), **lora))
     if qc is not None:
         out += quantization.rules(qc, model_config)
     return out
@@ -126,7 +121,8 @@ def lora_model(model: nn.Module, config: LoraConfig, quantize=None) -> nn.Module
     int8 / int4 one (`quantize`: see `quantize.as_config`). Its `init` returns base + adapter params
     (dict form), its `apply` takes them."""
     modules = target_modules(abstract_params(model), config.targets)
-    provider = _Provider(rules(config, modules, model.config, quantize))
+    # qwix's (Q)LoRA with `quantize.QuantizedLookups` (quantized embedding gather, typed einsum)
+    provider = quantization.provider_class("LoraProvider")(rules(config, modules, model.config, quantize))
     return quantization.intercept(model, provider, lora_config=config,
                                   quantize_config=quantization.as_config(quantize))
 

@@ -32,7 +32,7 @@ What is written here by hand, and why (qwix 0.1.8 does not do it for this model)
 - `quantize_params` quantizes leaf by leaf from the shapes of the abstract quantized tree (qwix's
   `quantize_params` takes the axes from the un-scanned layer and gets scanned `[layers, ...]`
   kernels wrong); the axes are read back from the `qvalue` / `scale` shapes (`layout`).
-- the token embedding: a gather, not a matmul, which qwix does not intercept; `_Provider.take`
+- the token embedding: a gather, not a matmul, which qwix does not intercept; `QuantizedLookups.take`
   gathers rows of `qvalue` and `scale` and dequantizes only those.
 - the LM head's einsum keeps its float32 `preferred_element_type` (qwix's PTQ einsum drops it).
 - int4 on disk: two values per byte (`pack_int4`), see `convert/quantize.py` and `load_quantized`.
@@ -40,27 +40,46 @@ What is written here by hand, and why (qwix 0.1.8 does not do it for this model)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
 import os
+import types
 from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import qwix
 from flax import linen as nn
 from flax import traverse_util
-# qwix's unexported pieces this module builds on (setup.cfg pins qwix==0.1.8): the wrapper of a quantized
-# param the intercepted ops read, how an array is quantized, and PTQ's param replacement at init.
-from qwix._src.core.qarray import HowToQuantize
-from qwix._src.providers.ptq import WithAux, create_quantized_param
-from qwix._src.utils.flax_util import find_param
 
 MODES = ("int8", "int4")
 QUANTIZATION_FILE = "quantization.json"  # in a quantized checkpoint directory, next to config.json
 QKEYS = ("qvalue", "scale")
+
+
+@functools.cache
+def qwix_api() -> types.SimpleNamespace:
+    """qwix's names this module and `lora.py` use, imported on first use (a float model, its loading
+    and its training without LoRA never need qwix). Three are unexported (setup.cfg pins
+    qwix==0.1.8): `WithAux` (the wrapper of a quantized param the intercepted ops read),
+    `HowToQuantize` (how an array is quantized) and `create_quantized_param` / `find_param` (PTQ's
+    param replacement at init)."""
+    try:
+        import qwix
+        from qwix._src.core.qarray import HowToQuantize
+        from qwix._src.providers.ptq import WithAux, create_quantized_param
+        from qwix._src.utils.flax_util import find_param
+    except ImportError as e:
+        raise ImportError("int8 / int4 quantization and LoRA need qwix==0.1.8 (setup.cfg): `pip install "
+                          "qwix==0.1.8`, or on a machine without a package index `pip install --no-deps "
+                          "qwix-0.1.8-py3-none-any.whl` (its wheel, pure Python)") from e
+    names = ("QuantizationRule", "LoraRule", "PtqProvider", "LoraProvider", "QArray", "quantize", "dequantize",
+             "dot_general", "einsum", "quantize_model")
+    return types.SimpleNamespace(**{n: getattr(qwix, n) for n in names}, WithAux=WithAux,
+                                 HowToQuantize=HowToQuantize, create_quantized_param=create_quantized_param,
+                                 find_param=find_param)
 
 # Module paths (`a/b/c`, as qwix matches them) of the layers each option quantizes.
 _LLM = r"(llm/decoder|prefusion)/layers(_\d+)?/"
@@ -155,7 +174,7 @@ def quantized_ops(config: QuantizeConfig, model_config) -> list[tuple[str, tuple
 
 def rules(config: QuantizeConfig, model_config) -> list:
     """The qwix rules of `config` for a model of `model_config` (`quantized_ops`)."""
-    return [qwix.QuantizationRule(module_path=path, op_names=names, weight_qtype=config.qtype, tile_size=tile)
+    return [qwix_api().QuantizationRule(module_path=path, op_names=names, weight_qtype=config.qtype, tile_size=tile)
             for path, names, tile in quantized_ops(config, model_config)]
 
 
@@ -179,12 +198,12 @@ class QuantizedLookups:
     `preferred_element_type` (the LM head's float32 logits)."""
 
     def einsum(self, einsum_str, *operands, preferred_element_type=None, **kwargs):
-        if len(operands) == 2 and isinstance(operands[1], WithAux):  # apply: the weight is quantized
+        if len(operands) == 2 and isinstance(operands[1], qwix_api().WithAux):  # apply: the weight is quantized
             lhs, rhs = operands[0], operands[1].array
             dims = _matmul_dims(einsum_str, lhs.ndim, rhs.ndim)
             if dims is not None:  # `...d,dv->...v` (the LM head) as a dot_general, activations first
-                return qwix.dot_general(lhs, rhs, dims, preferred_element_type=preferred_element_type)
-            return qwix.einsum(einsum_str, lhs, rhs, preferred_element_type=preferred_element_type)
+                return qwix_api().dot_general(lhs, rhs, dims, preferred_element_type=preferred_element_type)
+            return qwix_api().einsum(einsum_str, lhs, rhs, preferred_element_type=preferred_element_type)
         out = super().einsum(einsum_str, *operands, preferred_element_type=preferred_element_type, **kwargs)
         return out if preferred_element_type is None else out.astype(preferred_element_type)
 
@@ -194,22 +213,25 @@ class QuantizedLookups:
         rule, _ = self._get_current_rule_and_op_id("take")
         if rule is None or rule.weight_qtype is None or axis != 0:
             return jnp.take(a, indices, axis=axis, **kwargs)
-        if isinstance(a, WithAux):
+        if isinstance(a, qwix_api().WithAux):
             q = a.array
         else:  # initialising: replace the float table with its quantized form (per row [, group])
             tiled = {1: rule.tile_size} if rule.tile_size else {}
-            how = HowToQuantize(qtype=rule.weight_qtype, channelwise_axes=[0], tiled_axes=tiled)
-            q = create_quantized_param(find_param(a), a, how).array
-        rows = qwix.QArray(jnp.take(q.qvalue, indices, axis=0, **kwargs),
+            how = qwix_api().HowToQuantize(qtype=rule.weight_qtype, channelwise_axes=[0], tiled_axes=tiled)
+            q = qwix_api().create_quantized_param(qwix_api().find_param(a), a, how).array
+        rows = qwix_api().QArray(jnp.take(q.qvalue, indices, axis=0, **kwargs),
                            jnp.take(q.scale, indices, axis=0, **kwargs), qtype=q.qtype)
-        return qwix.dequantize(rows)
+        return qwix_api().dequantize(rows)
 
     def get_intercept_map(self):
         return super().get_intercept_map() | {"jax.numpy.take": self.take}
 
 
-class _Provider(QuantizedLookups, qwix.PtqProvider):
-    """qwix's post-training (weight-only) quantization with `QuantizedLookups`."""
+@functools.cache
+def provider_class(name: str) -> type:
+    """`QuantizedLookups` over qwix's provider class `name`: `"PtqProvider"` (post-training,
+    weight-only quantization; `quantize_model`) or `"LoraProvider"` ((Q)LoRA; `lora.lora_model`)."""
+    return type(f"Quantized{name}", (QuantizedLookups, getattr(qwix_api(), name)), {})
 
 
 # -- params: plain dicts outside the model, qwix's WithAux inside --------------------------------
@@ -240,8 +262,8 @@ def _to_qwix(tree):
         q, s = tree["qvalue"], tree["scale"]
         qtype = jnp.dtype(q.dtype)
         channelwise, tiled = layout(q.shape, s.shape)
-        how = HowToQuantize(qtype=qtype, channelwise_axes=channelwise, tiled_axes=tiled)
-        return WithAux(qwix.QArray(q, s, qtype=qtype), how)
+        how = qwix_api().HowToQuantize(qtype=qtype, channelwise_axes=channelwise, tiled_axes=tiled)
+        return qwix_api().WithAux(qwix_api().QArray(q, s, qtype=qtype), how)
     if isinstance(tree, dict):
         return {k: _to_qwix(v) for k, v in tree.items()}
     return tree
@@ -249,7 +271,7 @@ def _to_qwix(tree):
 
 def _from_qwix(tree):
     """qwix's `WithAux(QArray)` leaves (boxed or not) -> the dict form."""
-    if isinstance(tree, WithAux):
+    if isinstance(tree, qwix_api().WithAux):
         return {"qvalue": tree.array.qvalue, "scale": tree.array.scale}
     if isinstance(tree, dict):
         return {k: _from_qwix(v) for k, v in tree.items()}
@@ -282,10 +304,10 @@ def model_methods(cls) -> list[str]:
     return sorted(names)
 
 
-def intercept(model: nn.Module, provider: qwix.QuantizationProvider, **attrs) -> nn.Module:
+def intercept(model: nn.Module, provider, **attrs) -> nn.Module:
     """`model` (a `LlavaMini`) with `provider`'s interception on every public method; params in the
     dict form (`init` returns it, `apply` takes it); `attrs` become class attributes."""
-    return _wrap_class(qwix.quantize_model(model, provider, methods=model_methods(type(model))), attrs)
+    return _wrap_class(qwix_api().quantize_model(model, provider, methods=model_methods(type(model))), attrs)
 
 
 def quantize_model(model: nn.Module, config: QuantizeSpec) -> nn.Module:
@@ -294,7 +316,7 @@ def quantize_model(model: nn.Module, config: QuantizeSpec) -> nn.Module:
     config = as_config(config)
     if config is None:
         return model
-    provider = _Provider(rules(config, model.config))
+    provider = provider_class("PtqProvider")(rules(config, model.config))
     return intercept(model, provider, quantize_config=config)
 
 
@@ -307,7 +329,7 @@ def model_quantize_config(model) -> Optional[QuantizeConfig]:
 def quantize_array(x: jax.Array, qtype, qvalue_shape, scale_shape) -> dict:
     """One float array -> `{"qvalue", "scale"}` with the layout the shapes give (scale dtype = x's)."""
     channelwise, tiled = layout(qvalue_shape, scale_shape)
-    q = qwix.quantize(x, qtype, channelwise_axes=channelwise, tiled_axes=tiled)
+    q = qwix_api().quantize(x, qtype, channelwise_axes=channelwise, tiled_axes=tiled)
     return {"qvalue": q.qvalue, "scale": q.scale}
 
 
@@ -351,7 +373,8 @@ def dequantize_params(params: dict) -> dict:
     what merging LoRA adapters into a quantized base, or exporting it to HF, starts from."""
     def one(node):
         if is_quantized_leaf(node):
-            return qwix.dequantize(qwix.QArray(node["qvalue"], node["scale"], qtype=jnp.dtype(node["qvalue"].dtype)))
+            q = qwix_api()
+            return q.dequantize(q.QArray(node["qvalue"], node["scale"], qtype=jnp.dtype(node["qvalue"].dtype)))
         if isinstance(node, dict):
             return {k: one(v) for k, v in node.items()}
         return node
