@@ -42,6 +42,7 @@ METADATA_FILE = "_METADATA"
 CHECKPOINT_METADATA_FILE = "_CHECKPOINT_METADATA"
 CHUNK_BYTES = 128 << 20  # largest zarr chunk of an unstacked leaf
 INFLIGHT_BYTES = 256 << 20  # written-but-uncommitted bytes ParamsWriter keeps before waiting
+TENSORSTORE_CACHE_BYTES = 64 << 20  # ParamsReader's tensorstore cache (orbax layouts)
 _PYTREE_HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
 
 Path = tuple[str, ...]
@@ -194,6 +195,7 @@ class ParamsReader:
             raise ValueError(f"{meta_path} is damaged (not orbax tree metadata: {type(e).__name__}: {e})") from None
         self._known = set(self.paths)
         self._stores: dict = {}
+        self._context = None
         self._raw: dict = {}
         self.bytes_read = 0
 
@@ -234,8 +236,10 @@ class ParamsReader:
             else:
                 kv = {"driver": "file", "path": os.path.join(self.directory, leaf_name(path))}
             spec = {"driver": "zarr3" if self.use_zarr3 else "zarr", "kvstore": kv, "open": True}
+            if self._context is None:  # shared by the leaves: OCDBT's manifest and tree nodes are read once
+                self._context = ts.Context({"cache_pool": {"total_bytes_limit": TENSORSTORE_CACHE_BYTES}})
             try:
-                self._stores[path] = ts.open(spec).result()
+                self._stores[path] = ts.open(spec, context=self._context).result()
             except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError / RuntimeError with long text
                 raise ValueError(f"{self.directory}: param {leaf_name(path)} cannot be opened: {_first_line(e)}") from None
         return self._stores[path]
