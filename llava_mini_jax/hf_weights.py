@@ -85,37 +85,49 @@ class LeafLayout:
             hbox[0] = (hbox[0][0] + off, hbox[0][1] + off)
         return tuple(hbox), tuple(sel)
 
-    def select(self, block: np.ndarray, hf_shape: tuple, box: Box) -> np.ndarray:
-        """The leaf's `box` from `block`, the HF box `hf_box` gives (C-contiguous)."""
+    def select(self, block: np.ndarray, hf_shape: tuple, box: Box, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The leaf's `box` from `block`, the HF box `hf_box` gives: written into `out` (C-contiguous,
+        the box's shape, any dtype: the cast happens in the same copy) or a new array."""
         _, sel = self.hf_box(hf_shape, box)
+        want = tuple(b - a for a, b in box)
+        if out is None:
+            out = np.empty(want, block.dtype)
+        if out.shape != want:
+            raise ValueError(f"select: out has shape {out.shape}, the box {box} needs {want}")
+        view = block
         if self.perm is not None:
-            block = _transpose(block, self.perm)
+            view = view.transpose(self.perm)
         if self.split is not None:
             ax, heads = self.split
             hd = self._moved_shape(tuple(hf_shape))[ax] // heads
-            block = block.reshape(block.shape[:ax] + (-1, hd) + block.shape[ax + 1:])
-        return np.ascontiguousarray(block[sel])
+            view = view.reshape(view.shape[:ax] + (-1, hd) + view.shape[ax + 1:])
+        whole = all(s == slice(None) or (s.start, s.stop) == (0, n) for s, n in zip(sel, view.shape))
+        if (whole and block.ndim == 2 and self.perm == (1, 0) and out.flags.c_contiguous
+                and block.size >= _T_MIN_SIZE):
+            _transpose_into(block, out.reshape(block.shape[::-1]))
+        else:
+            np.copyto(out, view[sel], casting="unsafe")
+        return out
 
-    def read(self, read_box: Callable[[Box], np.ndarray], hf_shape: tuple, box: Box) -> np.ndarray:
-        """The leaf's `box`, reading only the HF box behind it through `read_box(hf_box)`."""
-        return self.select(read_box(self.hf_box(hf_shape, box)[0]), hf_shape, box)
+    def read(self, read_box: Callable[[Box], np.ndarray], hf_shape: tuple, box: Box,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The leaf's `box`, reading only the HF box behind it through `read_box(hf_box)` (into
+        `out` when given, see `select`)."""
+        return self.select(read_box(self.hf_box(hf_shape, box)[0]), hf_shape, box, out)
 
     def apply(self, a: np.ndarray) -> np.ndarray:
         """The whole leaf of HF tensor `a`."""
         return self.read(lambda b: a[box_slices(b)], a.shape, full_box(self.leaf_shape(a.shape)))
 
 
-def _transpose(a: np.ndarray, perm: tuple) -> np.ndarray:
-    """`a.transpose(perm)` as a C-contiguous copy; a 2-D transpose is copied in row blocks
-    (several times faster than numpy's one strided copy on large matrices)."""
-    if a.ndim != 2 or tuple(perm) != (1, 0) or a.size < (1 << 16):
-        return np.ascontiguousarray(a.transpose(perm))
-    out = np.empty(a.shape[::-1], a.dtype)
+def _transpose_into(a: np.ndarray, out: np.ndarray) -> None:
+    """`out[...] = a.T` for a 2-D `a`, copied in row blocks (several times faster than numpy's one
+    strided copy on large matrices; a dtype cast rides along)."""
     for i in range(0, a.shape[0], _T_ROWS):
         out[:, i:i + _T_ROWS] = a[i:i + _T_ROWS].T
-    return out
 
 
+_T_MIN_SIZE = 1 << 16  # smaller transposes are one numpy copy
 _T_ROWS = 16
 
 

@@ -174,18 +174,22 @@ class HFSource:
                                      f"{'/'.join(leaf)} of shape {want} {hint}")
                 self._where.setdefault(leaf, []).append((pl.hf_name, layout, hf_shape))
 
-    def read(self, path: Path, box: Box) -> np.ndarray:
+    def read(self, path: Path, box: Box, dtype) -> np.ndarray:
+        """Box `box` of leaf `path` as `dtype` (cast in the same copy that lays it out)."""
         entries = self._where[path]
         if len(entries) == 1 and "layers" not in path:
-            return self._read_one(entries[0], box)
+            return self._read_one(entries[0], box, np.empty(tuple(b - a for a, b in box), dtype))
         (l0, l1), rest = box[0], tuple(box[1:])
-        return np.stack([self._read_one(entries[i], rest) for i in range(l0, l1)])
+        out = np.empty(tuple(b - a for a, b in box), dtype)
+        for i in range(l0, l1):
+            self._read_one(entries[i], rest, out[i - l0])
+        return out
 
-    def _read_one(self, entry, box: Box) -> np.ndarray:
+    def _read_one(self, entry, box: Box, out: np.ndarray) -> np.ndarray:
         name, layout, hf_shape = entry
         if name in self.reader.weight_map:
-            return layout.read(lambda b: self.reader.read_box(name, b), hf_shape, box)
-        return layout.read(lambda b: self.tower.read_box(name, b), hf_shape, box)
+            return layout.read(lambda b: self.reader.read_box(name, b), hf_shape, box, out)
+        return layout.read(lambda b: self.tower.read_box(name, b), hf_shape, box, out)
 
     def layerwise(self, path: Path) -> bool:
         """Reading one layer of a stacked leaf costs one layer's bytes (one tensor per layer)."""
@@ -271,7 +275,11 @@ class JaxSource:
             return full[1:]
         raise KeyError(jax_checkpoint.leaf_name(path))
 
-    def read(self, path: Path, box: Box) -> np.ndarray:
+    def read(self, path: Path, box: Box, dtype) -> np.ndarray:
+        """Box `box` of leaf `path` as `dtype`."""
+        return self._read(path, box).astype(dtype, copy=False)
+
+    def _read(self, path: Path, box: Box) -> np.ndarray:
         if not self.restack or path in self._paths:
             return self.reader.read_box(path, box)
         k = _layer_key(path)
@@ -329,7 +337,7 @@ LAYERWISE_BYTES = 256 << 20
 
 
 def stream_params(source, boxed, shardings, dtype, layerwise_bytes: Optional[int] = None) -> dict:
-    """The params tree (jax arrays of `dtype`) built leaf by leaf from `source.read(path, box)`.
+    """The params tree (jax arrays of `dtype`) built leaf by leaf from `source.read(path, box, dtype)`.
 
     `boxed`: the model's abstract params tree; `shardings`: a tree of the same structure (None:
     the default device). Each leaf goes straight into its sharding: `source.read` is asked only
@@ -359,22 +367,22 @@ def _stream_leaf(read, shape: tuple, sharding, dtype: np.dtype, stacked: bool):
     buf = jnp.zeros(shape, dtype) if sharding is None else jnp.zeros(shape, dtype, device=sharding)
     set_layer = _layer_setter(sharding)
     for i in range(shape[0]):
-        layer = _put(lambda box, i=i: read(((i, i + 1),) + tuple(box))[0], shape[1:], layer_sharding, dtype)
+        layer = _put(lambda box, dt, i=i: read(((i, i + 1),) + tuple(box), dt)[0], shape[1:], layer_sharding, dtype)
         buf = set_layer(buf, layer, i)
     return buf
 
 
 def _put(read, shape: tuple, sharding, dtype: np.dtype):
-    """One array of `shape` in `sharding` (None: default device) from `read(box)`, each distinct
-    box of this process's devices read once."""
+    """One array of `shape` in `sharding` (None: default device) from `read(box, dtype)`, each
+    distinct box of this process's devices read once."""
     if sharding is None:
-        return jnp.asarray(read(full_box(shape)).astype(dtype, copy=False))
+        return jnp.asarray(read(full_box(shape), dtype))
     blocks: dict = {}
 
     def block(index):
         box = normalize_index(index, shape)
         if box not in blocks:
-            blocks[box] = np.asarray(read(box)).astype(dtype, copy=False)
+            blocks[box] = read(box, dtype)
         return blocks[box]
     return jax.make_array_from_callback(shape, sharding, block)
 
