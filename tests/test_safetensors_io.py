@@ -90,7 +90,7 @@ def test_writer_output_is_read_back_by_the_safetensors_package(tmp_path):
     """Tensors added out of order, of several dtypes (bfloat16 through ml_dtypes), with metadata: the official
     reader (and a torch load) sees exactly the arrays written."""
     import ml_dtypes
-    import torch
+    torch = pytest.importorskip("torch")  # absent where the inference-only set is checked (jax 0.11, no torch)
     from safetensors import safe_open
     from safetensors.torch import load_file as torch_load
 
