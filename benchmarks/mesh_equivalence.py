@@ -1,6 +1,6 @@
 """Sharded training equals one device: the mesh figures README quotes, with their command.
 
-    python -m benchmarks.mesh_equivalence          # (8,1,1), (2,2,2), (1,8,1) vs 1 device, 3 steps;
+    python -m benchmarks.mesh_equivalence          # (8,1,1), (2,2,2), (1,8,1), (1,1,8) vs 1 device, 3 steps;
                                                    # results/mesh_equivalence.json (a few minutes, CPU)
     python -m benchmarks.mesh_equivalence --tiny   # (2,2,2), 1 step (the test suite)
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="one mesh, one step (tests)")
     ap.add_argument("--out", default=None, help="results file (default results/mesh_equivalence.json; none for --tiny)")
     args = ap.parse_args(argv)
-    meshes, steps = ([(2, 2, 2)], 1) if args.tiny else ([(8, 1, 1), (2, 2, 2), (1, 8, 1)], 3)
+    meshes, steps = ([(2, 2, 2)], 1) if args.tiny else ([(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)], 3)
     model_json = write_tiny_model(tempfile.mkdtemp(prefix="mesh_eq_"), "mini")
     ref_losses, ref_params, params, batches = run_mesh(model_json, (1, 1, 1), steps)
     figures = []

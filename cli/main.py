@@ -3,11 +3,18 @@
 An application: it imports the library (`llava_mini_jax`) and the other applications (`demo`,
 `train`, `serve`), never the other way round. Each subcommand's module is imported only when that
 subcommand runs (`train` and `serve` parse their own arguments).
+
+Errors print one line (`llava-mini-jax CMD: error: ...`, exit status 1; 130 after Ctrl-C); `--debug`
+anywhere on the command line, or `LLAVA_MINI_JAX_DEBUG=1`, shows the traceback instead. An
+interactive chat reports an error in one line and goes on with its conversation; Ctrl-C stops the
+answer being written (the conversation goes on), Ctrl-C or Ctrl-D at the prompt ends the chat.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from llava_mini_jax.user_errors import DEBUG_ENV, debug_requested, report, without_debug_flag
 
 
 
@@ -28,7 +35,7 @@ def _add_chat(sub):
     p.add_argument("--seed", type=int, default=0)
 
 
-def run_chat(args) -> int:
+def run_chat(args, debug: bool = False) -> int:
     import jax.numpy as jnp
 
     from llava_mini_jax.chat import ChatSession
@@ -41,7 +48,8 @@ def run_chat(args) -> int:
         session.set_video(args.video, max_frames=args.max_frames)
 
     def answer(question):
-        session.ask(question, on_text=lambda piece: print(piece, end="", flush=True))
+        session.ask(question, on_text=lambda piece: print(piece, end="", flush=True),
+                    on_notice=lambda note: print(f"\n[note: {note}]", file=sys.stderr, flush=True))
         print(flush=True)
 
     if args.prompt is not None:
@@ -51,12 +59,21 @@ def run_chat(args) -> int:
     while True:
         try:
             question = input("USER: ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
+            print(flush=True)
             break
         if not question:
             break
         print("ASSISTANT: ", end="", flush=True)
-        answer(question)
+        try:
+            answer(question)
+        except KeyboardInterrupt:
+            print("\n[answer stopped; the conversation goes on without it]", flush=True)
+        except Exception as e:  # noqa: BLE001  one line, and the conversation survives
+            if debug:
+                raise
+            print(flush=True)
+            print(report("llava-mini-jax chat", e) + " (the conversation goes on)", file=sys.stderr, flush=True)
     return 0
 
 
@@ -82,6 +99,8 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     import demo
     from llava_mini_jax.eval import cli as eval_cli
     parser = argparse.ArgumentParser(prog="llava-mini-jax", description="LLaVA-Mini in JAX/Flax.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (anywhere on the line; also {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command")
     demo.add_parser(sub)
     _add_chat(sub)
@@ -96,13 +115,29 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
+    debug = debug_requested(argv)
+    if without_debug_flag(argv)[:1] == ["train"]:
         from train.__main__ import main as train_main
-        return train_main(argv[1:])
+        rest = without_debug_flag(argv)[1:]
+        return train_main(rest + (["--debug"] if debug else []))
+    argv = without_debug_flag(argv)
     parser, runners = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args, parser, runners, debug)
+    except KeyboardInterrupt:
+        print(f"\nllava-mini-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  one line per error unless --debug
+        if debug:
+            raise
+        print(report(f"llava-mini-jax {args.command}", e), file=sys.stderr)
+        return 1
+
+
+def _dispatch(args, parser, runners, debug: bool) -> int:
     if args.command == "chat":
-        return run_chat(args)
+        return run_chat(args, debug)
     if args.command in runners:
         return runners[args.command].run(args)
     if args.command == "serve":

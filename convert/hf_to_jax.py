@@ -62,7 +62,7 @@ def convert_hf_to_jax(src: str, out: str, dtype: Optional[str] = None, overwrite
                       scan_layers: bool = True) -> str:
     """Converts HF directory `src` into JAX directory `out` (see the module doc). Returns `out`."""
     src = os.path.abspath(os.fspath(src))
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, sources=[src, vision_tower])
     config = read_config(src)
     check_model_type(config, src)
     vision, vision_dict, tower_dir = resolve_vision(config, src, vision_tower)

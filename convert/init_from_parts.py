@@ -122,7 +122,7 @@ def init_from_parts(llm: str, vision: str, out: str, projector: Optional[str] = 
     if fmt not in ("hf", "jax"):
         raise ValueError(f"format {fmt!r}: expected 'hf' or 'jax'")
     llm, vision = os.path.abspath(llm), os.path.abspath(vision)
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, sources=[llm, vision, projector])
     llm_config = legacy_llm_config(read_config(llm))
     if llm_config.get("model_type") != "llama":
         raise ValueError(f"{llm}/config.json: model_type {llm_config.get('model_type')!r}; expected 'llama' "

@@ -108,7 +108,7 @@ def convert_jax_to_hf(src: str, out: str, dtype: Optional[str] = None, max_shard
                       overwrite: bool = False) -> str:
     """Converts JAX directory `src` into HF directory `out` (see the module doc). Returns `out`."""
     src = os.path.abspath(os.fspath(src))
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, sources=[src])
     max_bytes = parse_size(max_shard_size)
     config = read_config(src)
     check_model_type(config, src)

@@ -3,23 +3,37 @@
 `ChatSession(model_dir).ask("What is in the image?", image="cat.png")` builds the reference's
 inference prompt, preprocesses the image (or video) as the checkpoint's config says (pad /
 resolution ratio / 1-fps frames), generates with the KV cache and streams decoded text. Stop
-strings are applied here (the tokenizer lives here), EOS ids in `generate`.
+strings are applied here (the tokenizer lives here), EOS ids in `generate`. A video stays uint8 on
+the host (resized and cropped, a quarter of float32's bytes) and `generate` streams it to the device
+a chunk of frames at a time, normalised there.
+
+What a user types is text. A typed `<image>` (or `<image-placeholder>`) is tokenized as those
+characters, in questions and in the history, with one exception (LLaVA's convention): in the
+turn that carries the image or video (the first), the first `<image>` typed marks where the media
+goes instead of the front of the turn. The tokenizer must fit the model's vocabulary (checked at
+load). A conversation that outgrows the model's context drops its oldest turns (and says so).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from .conversation import build_inference_prompt, stop_strings, tokenizer_image_token
-from .generate import generate
+from .config import GenerationConfig
+from .conversation import (IMAGE_PLACEHOLDER, IMAGE_TOKEN, build_inference_prompt, escape_media_tags, literal_tag,
+                           stop_strings, tokenizer_image_token)
+from .flops import vision_tokens
+from .generate import generate, max_prompt_tokens
 from .image_processing import ImageProcessorConfig, load_image, process_image
 from .loading import load_pretrained, read_json, resolve_vision_tower
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer, check_vocabulary, load_tokenizer
 from .video import process_frame_folder, process_video
+
+log = logging.getLogger(__name__)
 
 
 def default_template(tokenizer: Tokenizer) -> str:
@@ -48,23 +62,45 @@ def processor_config(model_dir: str, image_size: int) -> ImageProcessorConfig:
 def prompt_ids(question: str, template: str, tokenizer: Tokenizer, history=(), with_image: bool = False,
                system: Optional[str] = None) -> list[int]:
     """Token ids of the inference prompt for `question` after `history` (`(question, answer)` pairs):
-    the media placeholder (-200) goes into the first user turn when `with_image`; `system` replaces
-    the template's system prompt."""
-    prompt = build_inference_prompt(question, template, tokenizer, history, with_image=with_image, system=system)
+    the media placeholder (-200) goes into the first user turn when `with_image` (where the user
+    typed `<image>` in it, else in front); every other typed `<image>` is text (module doc);
+    `system` replaces the template's system prompt."""
+    history = [(escape_media_tags(q), escape_media_tags(a)) for q, a in history]
+    question = escape_media_tags(question)
+    if with_image:
+        typed = literal_tag(IMAGE_TOKEN)
+        if history:
+            history[0] = (history[0][0].replace(typed, IMAGE_PLACEHOLDER, 1), history[0][1])
+        else:
+            question = question.replace(typed, IMAGE_PLACEHOLDER, 1)
+    prompt = build_inference_prompt(question, template, tokenizer, history, with_image=with_image,
+                                    system=None if system is None else escape_media_tags(system))
     return tokenizer_image_token(prompt, tokenizer)
 
 
+def prompt_positions(config, ids, pixels: Optional[np.ndarray]) -> int:
+    """LLM positions of a prompt: text ids plus the vision tokens its media puts in place of -200
+    (`pixels`: `[P, 3, H, W]` image, `[T, P, 3, H, W]` video, or None)."""
+    n = len(ids)
+    if pixels is None:
+        return n
+    frames, parts = (pixels.shape[0], pixels.shape[1]) if pixels.ndim == 5 else (1, pixels.shape[0])
+    return n - 1 + vision_tokens(config, parts, frames)
+
+
 def media_pixels(config, processor: ImageProcessorConfig, image=None, video=None,
-                 max_frames: Optional[int] = None) -> Optional[np.ndarray]:
+                 max_frames: Optional[int] = None, as_uint8: bool = False) -> Optional[np.ndarray]:
     """Pixels for one image (`[P, 3, H, W]`: pad / resolution-ratio split as `config` says, inference
     order) or video (`[T, P, 3, H, W]`, ~1 frame per second, at most `max_frames`), else None.
-    `image`: a path, a binary file object or a PIL image; `video`: a file or a folder of frames."""
+    `image`: a path, a binary file object or a PIL image; `video`: a file or a folder of frames.
+    `as_uint8`: uint8 `[P, H, W, 3]` / `[T, P, H, W, 3]` before normalisation (`generate` normalises
+    them on the device with `processor`)."""
     if image is not None:
         return process_image(load_image(image), config.image_aspect_ratio, config.resolution_ratio, processor,
-                             mode="inference")
+                             mode="inference", as_uint8=as_uint8)
     if video is not None:
         load = process_frame_folder if os.path.isdir(video) else process_video
-        return load(video, processor, config.resolution_ratio, "infer_1fps", max_frames)[0]
+        return load(video, processor, config.resolution_ratio, "infer_1fps", max_frames, as_uint8=as_uint8)[0]
     return None
 
 
@@ -98,6 +134,9 @@ class ChatSession:
             model, params = load_pretrained(self.model_dir, dtype=dtype, compute_dtype=compute_dtype)
         self.model, self.params = model, params
         self.tokenizer = tokenizer or load_tokenizer(self.model_dir)
+        llm = getattr(model.config, "llm", None)  # None: a stand-in model without an LLM (prompt tests)
+        if llm is not None:
+            check_vocabulary(self.tokenizer, llm.vocab_size, f"the model in {self.model_dir}")
         self.template = conv_mode or default_template(self.tokenizer)
         self.processor = processor_config(self.model_dir, model.config.vision.image_size)
         self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
@@ -111,20 +150,25 @@ class ChatSession:
         return self.pixels
 
     def set_video(self, path, max_frames: Optional[int] = None) -> np.ndarray:
-        """Samples ~1 frame per second. Returns `[T, P, 3, H, W]`."""
-        self.pixels = self.load_pixels(video=path, max_frames=max_frames)
+        """Samples ~1 frame per second. Returns uint8 `[T, P, H, W, 3]` (resized and cropped; `ask`
+        streams them to the device in chunks, where they are normalised)."""
+        self.pixels = self.load_pixels(video=path, max_frames=max_frames, as_uint8=True)
         self.history = []
         return self.pixels
 
     def prompt_ids(self, question: str) -> list[int]:
         return prompt_ids(question, self.template, self.tokenizer, self.history, with_image=self.pixels is not None)
 
-    def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None) -> Optional[np.ndarray]:
-        """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the session."""
-        return media_pixels(self.model.config, self.processor, image, video, max_frames)
+    def load_pixels(self, image=None, video=None, max_frames: Optional[int] = None,
+                    as_uint8: bool = False) -> Optional[np.ndarray]:
+        """Pixels for one image (`[P, 3, H, W]`) or video (`[T, P, 3, H, W]`) without touching the
+        session (uint8 `[.., H, W, 3]` with `as_uint8`, see `media_pixels`)."""
+        return media_pixels(self.model.config, self.processor, image, video, max_frames, as_uint8)
 
     def eos_ids(self) -> list[int]:
-        return eos_token_ids(self.model.generation, self.tokenizer, self.template)
+        """The ids that end an answer; a model object without a `generation` field (e.g. a stand-in
+        for testing prompts) contributes none of its own."""
+        return eos_token_ids(getattr(self.model, "generation", GenerationConfig()), self.tokenizer, self.template)
 
     def answer_batch(self, questions, pixels, max_new_tokens: Optional[int] = None) -> list[str]:
         """Single-turn answers for a batch: `questions[i]` about `pixels[i]` (`[P, 3, H, W]`,
@@ -132,7 +176,7 @@ class ChatSession:
         (videos of different lengths go separately); each row continues from its own last token."""
         groups: dict = {}
         for i, px in enumerate(pixels):
-            groups.setdefault(None if px is None else tuple(px.shape), []).append(i)
+            groups.setdefault(None if px is None else (tuple(px.shape), np.dtype(px.dtype).str), []).append(i)
         answers: list[Optional[str]] = [None] * len(questions)
         stops = stop_strings(self.template)
         for shape, rows in groups.items():
@@ -146,16 +190,41 @@ class ChatSession:
             images = None if shape is None else np.stack([pixels[i] for i in rows])
             out = generate(self.model, self.params, ids, attention_mask=mask, images=images,
                            max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=self.temperature,
-                           top_p=self.top_p, eos_token_ids=self.eos_ids(), pad_token_id=-1, rng=self.seed)
+                           top_p=self.top_p, eos_token_ids=self.eos_ids(), pad_token_id=-1, rng=self.seed,
+                           processor=self.processor)
             for r, i in enumerate(rows):
                 toks = [int(t) for t in out[r] if t >= 0]
                 answers[i] = _trim_at_stop(self.tokenizer.decode(toks), stops)[0].strip()
         return answers
 
-    def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None) -> str:
+    def fitting_prompt(self, question: str) -> tuple[list[int], int]:
+        """`(prompt ids, k)`: the prompt for `question` after the newest turns of the history that
+        fit the model's context with `max_new_tokens` to spare, leaving out the `k` oldest turns.
+        ValueError when even the question alone does not fit."""
+        limit = max_prompt_tokens(self.model.config, self.max_new_tokens)
+        for k in range(len(self.history) + 1):
+            ids = prompt_ids(question, self.template, self.tokenizer, self.history[k:],
+                             with_image=self.pixels is not None)
+            if prompt_positions(self.model.config, ids, self.pixels) <= limit:
+                return ids, k
+        need = prompt_positions(self.model.config, ids, self.pixels)
+        raise ValueError(f"the question alone needs {need} positions (prompt, media included), more than the "
+                         f"model's context leaves for a prompt ({limit} with max_new_tokens={self.max_new_tokens}): "
+                         f"shorten it, use fewer video frames, or ask for fewer new tokens")
+
+    def ask(self, question: str, on_text: Optional[Callable[[str], None]] = None,
+            on_notice: Optional[Callable[[str], None]] = None) -> str:
         """Answers `question` (the image goes into the first turn); `on_text` receives each new piece
-        of decoded text as it is generated."""
-        ids = np.asarray([self.prompt_ids(question)], np.int32)
+        of decoded text as it is generated. When the conversation no longer fits the model's context,
+        its oldest turns are dropped and `on_notice` (default: a logged warning) says so. The
+        history changes only once an answer is complete."""
+        prompt, dropped = self.fitting_prompt(question)
+        if dropped:
+            (on_notice or log.warning)(
+                f"dropped the {dropped} oldest turn(s) of the conversation to fit the model's context "
+                f"({max_prompt_tokens(self.model.config, self.max_new_tokens)} prompt positions, "
+                f"{self.max_new_tokens} kept for the answer)")
+        ids = np.asarray([prompt], np.int32)
         images = None if self.pixels is None else self.pixels[None]
         stops = stop_strings(self.template)
         generated: list[int] = []
@@ -170,10 +239,10 @@ class ChatSession:
 
         generate(self.model, self.params, ids, images=images, max_new_tokens=self.max_new_tokens,
                  temperature=self.temperature, top_p=self.top_p, eos_token_ids=self.eos_ids(),
-                 pad_token_id=self.tokenizer.pad_id or 0, rng=self.seed, stream=stream)
+                 pad_token_id=self.tokenizer.pad_id or 0, rng=self.seed, stream=stream, processor=self.processor)
         answer, _ = _trim_at_stop(self.tokenizer.decode(generated), stops)
         answer = answer.strip()
         if on_text is not None and len(answer) > len(shown[0].strip()):
             on_text(answer[len(shown[0].strip()):])
-        self.history.append((question, answer))
+        self.history = self.history[dropped:] + [(question, answer)]
         return answer

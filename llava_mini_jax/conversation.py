@@ -38,6 +38,11 @@ IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
 
+# Typed text that must stay text (a chat user's `<image>`): `escape_media_tags` swaps the tags for
+# private sentinels before a prompt is built, and `tokenizer_image_token` swaps them back inside each
+# chunk it encodes, so they are tokenized as the characters typed, never as a media position.
+_LITERAL_TAGS = {IMAGE_TOKEN: "\x00literal:image\x00", IMAGE_PLACEHOLDER: "\x00literal:image-placeholder\x00"}
+
 USER, ASSISTANT = "user", "assistant"
 _SPEAKERS = {"human": USER, "gpt": ASSISTANT}  # LLaVA data's "from" values
 _STYLES = ("two", "single", "plain", "chat")
@@ -245,15 +250,35 @@ def tokenize_inference_prompt(question: str, template: str | Template, tokenizer
 # ------------------------------------------------------------------------------------------------
 # Tokens
 # ------------------------------------------------------------------------------------------------
+def escape_media_tags(text: str) -> str:
+    """`text` with every `<image>` / `<image-placeholder>` marked as literal text: it goes through
+    prompt building untouched and `tokenizer_image_token` encodes it as the characters."""
+    for tag, literal in _LITERAL_TAGS.items():
+        text = text.replace(tag, literal)
+    return text
+
+
+def literal_tag(tag: str) -> str:
+    """The escaped form of `tag` inside `escape_media_tags` output."""
+    return _LITERAL_TAGS[tag]
+
+
+def _unescape(text: str) -> str:
+    for tag, literal in _LITERAL_TAGS.items():
+        text = text.replace(literal, tag)
+    return text
+
+
 def tokenizer_image_token(prompt: str, tokenizer: Tokenizer,
                           image_token_index: int = IMAGE_TOKEN_INDEX) -> list[int]:
     """Token ids of `prompt` with `image_token_index` for every `<image>` (SPEC B §3).
 
     Every chunk between tags is encoded on its own (with its own BOS and, for SentencePiece, its
     own leading `▁`); one BOS is kept in front, the chunks' BOS are dropped. `"<image>x"` gives
-    `[BOS, -200, x...]`. No truncation, no padding.
+    `[BOS, -200, x...]`. No truncation, no padding. Tags escaped by `escape_media_tags` are
+    encoded as text.
     """
-    chunks = [tokenizer.encode(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
+    chunks = [tokenizer.encode(_unescape(chunk)) for chunk in prompt.split(IMAGE_TOKEN)]
     bos = tokenizer.bos_id
     ids: list[int] = []
     offset = 0

@@ -30,18 +30,26 @@ has two orders in the reference, both available through ``mode``:
   square first, then split the square (no further padding).
 
 Without padding the two orders coincide.
+
+Pixels can also stay uint8 ``[P, H, W, 3]`` (``as_uint8=True``: steps 1-2 only, a quarter of the
+bytes) and be normalised on the accelerator by ``pixels_from_uint8``, a lookup in the
+``normalization_table`` that steps 3-4 give for each of the 256 values: the same float32 numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 from typing import IO, Any, Mapping, Sequence, Union
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, IO[bytes], Image.Image]
 
@@ -164,23 +172,39 @@ def load_image(image: ImageLike) -> Image.Image:
     (transparency ignored), ``I;16`` is clipped to 0..255 (not rescaled),
     ``CMYK`` uses PIL's naive formula.
 
+    An animated image (GIF, APNG, WebP, multi-page TIFF) gives its current frame (the first, for
+    a file) and a logged warning that says which frame of how many was used. An image larger than
+    PIL's decompression-bomb limit is a ValueError naming it.
+
     Args:
       image: a path, a binary file object, or a PIL image (converted if not RGB).
     Returns:
       a PIL image in mode ``RGB``, fully loaded.
     """
     if isinstance(image, Image.Image):
+        _note_frames(image, "the given PIL image")
         return image if image.mode == "RGB" else image.convert("RGB")
     name = repr(str(image)) if isinstance(image, (str, os.PathLike)) else repr(image)
     if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
         raise FileNotFoundError(f"image file not found: {name}")
     try:
         with Image.open(image) as img:
+            _note_frames(img, name)
             return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {name} is too large to decode safely ({e}); the limit is PIL's "
+                         f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS} (raise it only for files you trust)") from None
     except UnidentifiedImageError as e:
         raise ValueError(f"cannot identify image {name}: not an image or unsupported format") from e
     except OSError as e:  # truncated or otherwise undecodable data
         raise ValueError(f"cannot decode image {name}: {e}") from e
+
+
+def _note_frames(img: Image.Image, name: str) -> None:
+    """Warns that only one frame of an animated image is used, naming which."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        log.warning("image %s is animated (%d frames); using frame %d (0-based) only", name, frames, img.tell())
 
 
 def expand2square(img: Image.Image, fill: Sequence[int]) -> Image.Image:
@@ -261,6 +285,20 @@ def normalize(pixels: np.ndarray, cfg: ImageProcessorConfig = DEFAULT_CONFIG) ->
     return np.moveaxis(x, -1, -3)
 
 
+def normalization_table(cfg: ImageProcessorConfig = DEFAULT_CONFIG) -> np.ndarray:
+    """float32 ``[3, 256]``: ``normalize`` of every uint8 value, per channel (RGB)."""
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # [1, 256, 3]: H=1, W=256
+    return np.ascontiguousarray(normalize(ramp, cfg)[:, 0, :])
+
+
+def pixels_from_uint8(pixels: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
+    """``normalize`` on the device: uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` by looking
+    each value up in ``table`` (``normalization_table``, ``[3, 256]``), so the numbers are exactly the
+    host's."""
+    x = pixels.astype(jnp.int32)
+    return jnp.stack([table[c][x[..., c]] for c in range(3)], axis=-3)
+
+
 def clip_preprocess(img: Image.Image, cfg: ImageProcessorConfig = DEFAULT_CONFIG) -> np.ndarray:
     """CLIPImageProcessor (transformers 4.43) on one image, bit-exact: float32 ``[3, H, W]``.
 
@@ -297,8 +335,10 @@ def process_image(
     resolution_ratio: int = 1,
     cfg: ImageProcessorConfig = DEFAULT_CONFIG,
     mode: str = "inference",
+    as_uint8: bool = False,
 ) -> np.ndarray:
-    """One image -> the model's pixels, float32 ``[P, 3, H, W]``.
+    """One image -> the model's pixels, float32 ``[P, 3, H, W]`` (uint8 ``[P, H, W, 3]``, resized and
+    cropped but not normalised, with ``as_uint8``: see ``pixels_from_uint8``).
 
     Args:
       img: a path, file object or PIL image (converted to RGB by ``load_image``).
@@ -310,6 +350,8 @@ def process_image(
         (pad the whole image, then split). Identical unless padding with N > 1.
     """
     parts = image_parts(img, image_aspect_ratio, resolution_ratio, cfg, mode)
+    if as_uint8:
+        return np.stack([resize_and_crop(p, cfg) for p in parts])
     return np.stack([clip_preprocess(p, cfg) for p in parts])
 
 

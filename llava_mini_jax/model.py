@@ -29,7 +29,7 @@ from .compressor import Compressor
 from .config import IMAGE_TOKEN_INDEX, GenerationConfig, LlavaMiniConfig
 from .flops import vision_tokens
 from .layers import constrain
-from .llama import ACT, DecoderStack, LlamaLM, causal_mask
+from .llama import ACT, ATTENTION_IMPLS, AttentionMask, DecoderStack, LlamaLM, causal_by_lengths
 from .loss import mean_cross_entropy
 from .prefusion import prefusion_attention, prefusion_positions, stitch_tiles, text_key_mask
 from .projector import Projector
@@ -98,8 +98,11 @@ class LlavaMini(nn.Module):
     statistics, norms and the loss are float32 whatever they are); `scan_layers` stacks decoder and
     CLIP layers under a leading `layers` axis and runs them with `nn.scan`; `remat_policy` is
     `none`, `full` or `dots` (save matmul outputs); `video_chunk_size` frames go through CLIP,
-    compressor and pre-fusion together. `generation` (the checkpoint's EOS / pad ids, read by
-    `generate`) is excluded from equality and hashing, so it never keys a compiled program.
+    compressor and pre-fusion together; `attention_impl` is how the LLM attends: `xla`, `cudnn`
+    (cuDNN's fused flash attention, GPU, bf16/fp16) or `auto` (cuDNN where it applies, else XLA;
+    the LLM passes causality and per-row lengths, which both take exactly; the pre-fusion keeps its
+    dense mask). `generation` (the checkpoint's EOS / pad ids, read by `generate`) is excluded from
+    equality and hashing, so it never keys a compiled program.
     """
 
     config: LlavaMiniConfig
@@ -108,19 +111,23 @@ class LlavaMini(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     video_chunk_size: int = 16
+    attention_impl: str = "auto"
     generation: GenerationConfig = dataclasses.field(default=GenerationConfig(), compare=False, hash=False)
 
     def setup(self):
         cfg = self.config
         if self.video_chunk_size < 1:
             raise ValueError(f"video_chunk_size={self.video_chunk_size}: expected >= 1")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vision_tower = ClipVisionEncoder(cfg.vision, self.scan_layers, **kw)
         self.mm_projector = Projector(cfg.projector_type, cfg.llm.hidden_size, **kw)
-        self.llm = LlamaLM(cfg.llm, self.scan_layers, self.remat_policy, **kw)
+        self.llm = LlamaLM(cfg.llm, self.scan_layers, self.remat_policy, attention_impl=self.attention_impl, **kw)
         if cfg.is_mini:
             self.compressor = Compressor(cfg.vision.hidden_size, cfg.compressor_size, cfg.compressor_heads, **kw)
-            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, self.scan_layers, self.remat_policy, **kw)
+            self.prefusion = DecoderStack(cfg.llm, cfg.prefusion_layers, self.scan_layers, self.remat_policy,
+                                          attention_impl=self.attention_impl, **kw)
 
     # -- text -------------------------------------------------------------------------------------
     def embed_text(self, input_ids: jnp.ndarray) -> jnp.ndarray:
@@ -168,6 +175,17 @@ class LlavaMini(nn.Module):
         fused = constrain(jnp.where(text_mask[..., None], raw.astype(out.dtype), out[:, num_image:]), ACT)
         return constrain(out[:, num_image - q:num_image], ACT), fused
 
+    def _video_chunk(self, frames, raw, text_mask, valid):
+        """One chunk of `c` frames for all B rows: frames `[B, c, P, 3, H, W]`, raw `[B, L, D]`,
+        text_mask `[B, L]`, valid `[c]` (0 or 1: padding frames count for nothing) ->
+        `(compressed [B, c, Q, D], fused text summed over the chunk's valid frames [B, L, D] float32)`."""
+        b, c = frames.shape[:2]
+        rep = lambda a: jnp.repeat(a, c, axis=0)  # noqa: E731  rows b-major, frames inner
+        comp, fused = self.encode_frames(frames.reshape((b * c,) + frames.shape[2:]), rep(raw), rep(text_mask))
+        fused = fused.reshape((b, c) + fused.shape[1:]).astype(jnp.float32) * valid.astype(jnp.float32)[None, :, None,
+                                                                                                          None]
+        return comp.reshape((b, c) + comp.shape[1:]), fused.sum(axis=1)
+
     def _encode_video_chunks(self, video, raw, text_mask):
         """video `[B, T, P, 3, H, W]` in chunks of `video_chunk_size` frames (all rows at once) ->
         `(tokens [B, T*Q, D], mean fused text [B, L, D] float32)`. Chunking changes nothing numerically."""
@@ -181,10 +199,8 @@ class LlavaMini(nn.Module):
 
         def step(mdl, text_sum, xs, raw, text_mask):
             frames, ok = xs
-            rep = lambda a: jnp.repeat(a, c, axis=0)  # noqa: E731  rows b-major, frames inner
-            comp, fused = mdl.encode_frames(frames.reshape((b * c,) + frames.shape[2:]), rep(raw), rep(text_mask))
-            fused = fused.reshape((b, c) + fused.shape[1:]).astype(jnp.float32) * ok[None, :, None, None]
-            return text_sum + fused.sum(axis=1), comp.reshape((b, c) + comp.shape[1:])
+            comp, fused_sum = mdl._video_chunk(frames, raw, text_mask, ok)
+            return text_sum + fused_sum, comp
 
         text_sum = jnp.zeros(raw.shape, jnp.float32)
         if chunks == 1:
@@ -196,6 +212,22 @@ class LlavaMini(nn.Module):
             text_sum, comps = scan(self, text_sum, (video, valid), raw, text_mask)
         comps = comps.swapaxes(0, 1).reshape((b, chunks * c) + comps.shape[3:])[:, :t]
         return comps.reshape(b, -1, comps.shape[-1]), text_sum / t
+
+    def encode_video_chunk(self, frames, input_ids, valid):
+        """One chunk of a video streamed from the host (`generate`): frames `[B, c, P, 3, H, W]`
+        (CLIP-normalised), input_ids `[B, L]`, valid bool `[c]` (False: a padding frame) ->
+        `(vision tokens [B, c*M, D], text [B, L, D] float32)`. LLaVA-Mini: M = Q compressed tokens per
+        frame and the fused text summed over the valid frames (divide the sum over all chunks by the
+        frame count: the mean of `encode_images`, same numbers). Baseline: M = P*N projected patches
+        per frame and zeros (its text is the raw embedding)."""
+        b, c = frames.shape[:2]
+        d = self.config.llm.hidden_size
+        if not self.config.is_mini:
+            feats = self.vision_features(frames.reshape((-1,) + frames.shape[-3:]))
+            return self.mm_projector(feats).reshape(b, -1, d), jnp.zeros(input_ids.shape + (d,), jnp.float32)
+        raw = jax.lax.stop_gradient(self.embed_text(input_ids))
+        comp, text_sum = self._video_chunk(frames, raw, text_key_mask(input_ids), valid)
+        return comp.reshape(b, -1, d), text_sum
 
     def encode_images(self, images, input_ids, attention_mask=None, labels=None):
         """images `[B, P, 3, H, W]` or video `[B, T, P, 3, H, W]`, input_ids `[B, L]` ->
@@ -245,7 +277,7 @@ class LlavaMini(nn.Module):
         embeds = constrain(embeds, ACT)
         self.sow("intermediates", "llm_inputs_embeds", embeds)
         positions = jnp.broadcast_to(jnp.arange(embeds.shape[1], dtype=jnp.int32), mask.shape)
-        h, _ = self.llm.decoder(embeds, positions, causal_mask(mask))
+        h, _ = self.llm.decoder(embeds, positions, causal_by_lengths(mask.sum(axis=1)))
         return h, mask, (None if labels is None else spliced_labels)
 
     def __call__(self, input_ids, attention_mask=None, images=None, labels=None) -> LlavaMiniOutput:
@@ -288,38 +320,46 @@ class LlavaMini(nn.Module):
     # -- generation -------------------------------------------------------------------------------
     def prefill(self, embeds, mask, cache):
         """Runs the LLM over embeds `[B, T, D]` (mask `[B, T]`, real tokens first), writing keys and
-        values into `cache` (`{"k","v"}: [layers, B, S, kv_heads, head_dim]`, see
-        `generate.init_kv_cache`) slots 0..T-1. Returns `(logits at each row's last real token [B, V],
-        cache)`: every row continues from its own last token (library decision D5)."""
+        values into `cache` (`{"k","v"}: [layers, B, S, kv_heads, head_dim]`, S >= T, see
+        `generate.init_kv_cache`) slots 0..T-1 in place. Attention is causal over each row's own
+        length (no dense mask; the cache is only written). Returns `(logits at each row's last real
+        token [B, V], cache)`: every row continues from its own last token (library decision D5)."""
         b, t = mask.shape
         size = cache["k"].shape[2]
-        key_valid = jnp.zeros((b, size), bool).at[:, :t].set(mask)
+        if t > size:
+            raise ValueError(f"prefill of {t} tokens into a cache of {size} slots: expected a cache of >= {t}")
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        h, cache = self.llm.decoder(embeds, positions, causal_mask(key_valid, t), cache, jnp.zeros((b,), jnp.int32))
+        h, cache = self.llm.decoder(embeds, positions, causal_by_lengths(mask.sum(axis=1)), cache,
+                                    jnp.zeros((), jnp.int32))
         return self.last_token_logits(h, mask), cache
 
     def prefill_chunk(self, embeds, key_valid, cache, start):
-        """One chunk of a long prefill: embeds `[B, c, D]` at positions/slots `start..start+c-1`,
-        attending every earlier slot that `key_valid [B, S]` marks real. Returns `(hidden states
-        [B, c, D] before the final norm, cache)`; attention memory is `c x S`, not `S x S`."""
+        """One chunk of a long prefill: embeds `[B, c, D]` at positions/slots `start..start+c-1`
+        (written in place), attending every earlier slot that `key_valid [B, S]` marks real. Returns
+        `(hidden states [B, c, D] before the final norm, cache)`; attention memory is `c x S`, not `S x S`."""
         b, c = embeds.shape[:2]
         size = cache["k"].shape[2]
         positions = start + jnp.arange(c, dtype=jnp.int32)
         allowed = jnp.arange(size)[None, :] <= positions[:, None]
         mask = (allowed[None] & key_valid[:, None, :])[:, None]
-        index = jnp.full((b,), start, jnp.int32)
-        return self.llm.decoder(embeds, jnp.broadcast_to(positions, (b, c)), mask, cache, index)
+        return self.llm.decoder(embeds, jnp.broadcast_to(positions, (b, c)), AttentionMask(dense=mask), cache,
+                                jnp.asarray(start, jnp.int32))
 
     def last_token_logits(self, hidden, mask):
         """Final norm + LM head at each row's last real token: hidden `[B, T, D]`, mask `[B, T]` -> `[B, V]`."""
         last = jnp.maximum(mask.sum(axis=1) - 1, 0)
         return self.llm.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
 
+    def logits_of(self, hidden):
+        """Final norm + LM head of hidden states `[B, D]` -> `[B, V]` float32."""
+        return self.llm.logits(hidden[:, None])[:, 0]
+
     def decode_step(self, tokens, index, cache):
         """One token per row: tokens `[B]` enter as raw embeddings (SPEC A §12) at position/cache
-        slot `index [B]` (each row's own length). Returns `(logits [B, V], cache)`."""
-        size = cache["k"].shape[2]
+        slot `index [B]` (each row's own length), written in place; each row attends its slots
+        `0..index` (`key_lengths = index + 1`, no dense mask). Returns `(logits [B, V], cache)`."""
+        index = jnp.asarray(index, jnp.int32)
         embeds = self.embed_text(tokens[:, None])
-        mask = (jnp.arange(size)[None, :] <= index[:, None])[:, None, None, :]
+        mask = AttentionMask(key_lengths=index + 1, over_cache=True)
         h, cache = self.llm.decoder(embeds, index[:, None], mask, cache, index)
         return self.llm.logits(h)[:, 0], cache

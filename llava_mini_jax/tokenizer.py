@@ -341,6 +341,17 @@ def load_tokenizer(path: str | os.PathLike, model_max_length: int | None = None)
     raise FileNotFoundError(f"no tokenizer in {path}: expected {sp_file} or {json_file}")
 
 
+def check_vocabulary(tokenizer: Tokenizer, model_vocab_size: int, where: str = "the model") -> None:
+    """ValueError when `tokenizer` can produce ids the model has no embedding for (its vocabulary,
+    added tokens included, is larger than `model_vocab_size`). A model vocabulary larger than the
+    tokenizer's (padded embedding tables) is fine."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids (added tokens included) but "
+                         f"{where} has a vocabulary of {model_vocab_size} (config vocab_size): ids "
+                         f"{model_vocab_size}..{tokenizer.vocab_size - 1} have no embedding. Use the tokenizer the "
+                         f"model was trained with")
+
+
 def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         try:

@@ -38,7 +38,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from llava_mini_jax.image_processing import DEFAULT_CONFIG, ImageProcessorConfig, clip_preprocess, split_image
+from llava_mini_jax.image_processing import (DEFAULT_CONFIG, ImageProcessorConfig, clip_preprocess, resize_and_crop,
+                                             split_image)
 from llava_mini_jax.optional_deps import require
 
 PathLike = Union[str, os.PathLike]
@@ -251,16 +252,20 @@ def resize_frames_nearest(frames: np.ndarray, size: Union[int, tuple[int, int]] 
 
 
 def frames_to_pixels(
-    frames: np.ndarray, cfg: ImageProcessorConfig = DEFAULT_CONFIG, resolution_ratio: int = 1
+    frames: np.ndarray, cfg: ImageProcessorConfig = DEFAULT_CONFIG, resolution_ratio: int = 1,
+    as_uint8: bool = False,
 ) -> np.ndarray:
     """Already-resized uint8 frames ``[T, H, W, 3]`` -> float32 ``[T, P, 3, crop_h, crop_w]``.
 
-    Each frame is split per ``resolution_ratio`` and CLIP-processed, no padding.
+    Each frame is split per ``resolution_ratio`` and CLIP-processed, no padding. ``as_uint8``:
+    uint8 ``[T, P, crop_h, crop_w, 3]`` before normalisation (``image_processing.pixels_from_uint8``
+    normalises them on the device to the same numbers).
     """
+    step = resize_and_crop if as_uint8 else clip_preprocess
     out = []
     for frame in frames:
         parts = split_image(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)), resolution_ratio)
-        out.append(np.stack([clip_preprocess(p, cfg) for p in parts]))
+        out.append(np.stack([step(p, cfg) for p in parts]))
     return np.stack(out)
 
 
@@ -271,8 +276,10 @@ def process_video(
     rule: str = "infer_1fps",
     max_frames: Optional[int] = None,
     frame_size: int = FRAME_SIZE,
+    as_uint8: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
-    """A video file -> (float32 ``[T, P, 3, H, W]`` pixels, the frame indices used).
+    """A video file -> (float32 ``[T, P, 3, H, W]`` pixels, or uint8 ``[T, P, H, W, 3]`` with
+    ``as_uint8``; the frame indices used).
 
     Samples frames per ``rule`` / ``max_frames`` (see ``frame_indices``), resizes
     them to ``frame_size`` x ``frame_size`` (nearest, no aspect preservation; the
@@ -282,7 +289,7 @@ def process_video(
     info = probe_video(path)
     indices = frame_indices(info.num_frames, info.fps, rule, max_frames)
     frames = resize_frames_nearest(decode_video(path, indices), frame_size)
-    return frames_to_pixels(frames, cfg, resolution_ratio), indices
+    return frames_to_pixels(frames, cfg, resolution_ratio, as_uint8), indices
 
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -296,6 +303,7 @@ def process_frame_folder(
     max_frames: Optional[int] = None,
     fps: float = 3.0,
     frame_size: int = FRAME_SIZE,
+    as_uint8: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """A folder of frame images (sorted by name; e.g. MVBench's ``frames_fps3_hq`` tasks, extracted at
     ``fps``) treated as a video: same sampling rule, nearest resize and processing as
@@ -308,4 +316,4 @@ def process_frame_folder(
         raise ValueError(f"frame folder {path!r} holds no images ({', '.join(FRAME_EXTENSIONS)})")
     indices = frame_indices(len(names), fps, rule, max_frames)
     frames = np.stack([np.asarray(Image.open(os.path.join(path, names[i])).convert("RGB")) for i in indices])
-    return frames_to_pixels(resize_frames_nearest(frames, frame_size), cfg, resolution_ratio), indices
+    return frames_to_pixels(resize_frames_nearest(frames, frame_size), cfg, resolution_ratio, as_uint8), indices

@@ -454,3 +454,12 @@ def test_tokenizer_image_token_hand_worked(vicuna, byte_tok):
     text = vicuna.encode("USER:", add_bos=False)
     assert conv.tokenizer_image_token("USER:<image>USER:", vicuna) == [1] + text + [IMAGE] + text
     assert conv.tokenizer_image_token("no image", vicuna) == vicuna.encode("no image")
+
+
+def test_escaped_media_tags_are_tokenized_as_text(vicuna):
+    from llava_mini_jax.conversation import escape_media_tags, tokenizer_image_token
+    text = "look: <image> and <image-placeholder>"
+    escaped = escape_media_tags(text)
+    assert "<image>" not in escaped and "<image-placeholder>" not in escaped
+    assert tokenizer_image_token(escaped, vicuna) == vicuna.encode(text)  # the characters, no -200
+    assert tokenizer_image_token("<image>\n" + escaped, vicuna).count(IMAGE) == 1  # real tags still split

@@ -93,7 +93,7 @@ def test_unsupported_model_type(tmp_path, model_type, hint):
         convert_hf_to_jax(d, tmp_path / "out")
 
 
-def test_existing_output_needs_overwrite(tmp_path, capsys):
+def test_existing_output_needs_overwrite(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -102,8 +102,60 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
     assert hf_to_jax_main(["--src", str(FIXTURES / "std" / "hf"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    # not a model directory (no config.json): --overwrite refuses it, naming what it holds
+    with pytest.raises(FileExistsError, match=r"not a model directory .* 1 files, 0.0 MB: keep.txt"):
+        convert_hf_to_jax(FIXTURES / "std" / "hf", out, overwrite=True)
+    (out / "config.json").write_text("{}")
     convert_hf_to_jax(FIXTURES / "std" / "hf", out, overwrite=True)
+    assert "--overwrite: " + str(out) + " will be replaced" in caplog.text
+    assert "2 files, 0.0 MB: config.json, keep.txt" in caplog.text
     assert not (out / "keep.txt").exists() and (out / "params").is_dir() and not leftovers(tmp_path)
+
+
+def test_output_that_is_contains_or_lies_inside_the_source_is_refused(tmp_path, capsys):
+    from convert.jax_to_hf import main as jax_to_hf_main
+    run = tmp_path / "run"
+    step = convert_hf_to_jax(FIXTURES / "std" / "hf", run / "12")
+    (run / "train_config.json").write_text("{}")
+    before = sorted(str(p) for p in run.rglob("*"))
+    capsys.readouterr()
+    for out, relation in ((run, "contains"), (run / "12", "is"), (run / "12" / "hf", "lies inside")):
+        assert jax_to_hf_main(["--src", step, "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"{relation} the source {step}" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="contains the source"):
+        convert_hf_to_jax(FIXTURES / "std" / "hf", FIXTURES / "std", overwrite=True)
+    # a training run directory is never replaced, even from another source
+    with pytest.raises(FileExistsError, match="is a training run directory"):
+        convert_hf_to_jax(FIXTURES / "std" / "hf", run, overwrite=True)
+    assert sorted(str(p) for p in run.rglob("*")) == before  # nothing touched
+
+
+def test_stale_staging_of_a_killed_conversion_is_removed_and_reported(tmp_path, caplog):
+    import fcntl
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    code = ("import os, sys; from convert.staging import staged_output; cm = staged_output(sys.argv[1]); "
+            "tmp = cm.__enter__(); open(os.path.join(tmp, 'w.bin'), 'wb').write(bytes(2_000_000)); "
+            "os.kill(os.getpid(), 9)")
+    p = subprocess.run([sys.executable, "-c", code, str(out)], timeout=60, cwd=root,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == -9
+    stale = [f for f in os.listdir(tmp_path) if not f.endswith(".lock")]
+    assert len(stale) == 1 and stale[0].startswith(".out.tmp-")
+    live = tmp_path / ".out.tmp-live"  # another conversion, still running, holds its lock
+    live.mkdir()
+    fd = os.open(str(live) + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        convert_hf_to_jax(FIXTURES / "std" / "hf", out)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == [".out.tmp-live", ".out.tmp-live.lock", "out"]
+    assert f"removed {tmp_path / stale[0]} (1 files, 2.0 MB: w.bin), the unfinished output of a killed" in caplog.text
+    assert "belongs to a conversion still running; left in place" in caplog.text
 
 
 def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
@@ -111,7 +163,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     existing output (with --overwrite) untouched."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("old")
+    (out / "config.json").write_text("old")
     calls = {"n": 0}
     real = sources.SafetensorsWeights.read
 
@@ -123,7 +175,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(sources.SafetensorsWeights, "read", failing)
     with pytest.raises(OSError, match="disk on fire"):
         convert_hf_to_jax(FIXTURES / "std" / "hf", out, overwrite=True)
-    assert os.listdir(out) == ["old.txt"] and not leftovers(tmp_path)
+    assert os.listdir(out) == ["config.json"] and not leftovers(tmp_path)
 
 
 def test_missing_inputs(tmp_path):

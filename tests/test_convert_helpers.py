@@ -103,12 +103,13 @@ def test_staged_output(tmp_path):
     out = tmp_path / "out"
     with staged_output(out) as tmp:
         assert os.path.basename(tmp).startswith(".out.tmp-") and not out.exists()
-        (open(os.path.join(tmp, "x"), "w")).write("1")
-    assert (out / "x").read_text() == "1" and oct(os.stat(out).st_mode & 0o777) != oct(0o700)
+        assert os.path.exists(tmp + ".lock")  # the live folder's lock, beside it
+        (open(os.path.join(tmp, "config.json"), "w")).write("1")
+    assert (out / "config.json").read_text() == "1" and oct(os.stat(out).st_mode & 0o777) != oct(0o700)
     with pytest.raises(RuntimeError):
         with staged_output(out, overwrite=True) as tmp:
             raise RuntimeError("boom")
-    assert os.listdir(tmp_path) == ["out"] and (out / "x").read_text() == "1"
+    assert os.listdir(tmp_path) == ["out"] and (out / "config.json").read_text() == "1"
 
 
 def test_benchmark_tiny(tmp_path):

@@ -75,3 +75,19 @@ def test_public_evaluate_equals_the_cli(ckpt, tmp_path, capsys):
                      "--max-new-tokens", "3"]) == 0
     cli_row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["ours"] == cli_row["ours"] and row["count"] == cli_row["count"] and row["metric"] == "f1"
+
+
+def test_resuming_answers_of_other_settings_is_refused_in_one_line(ckpt, tmp_path, capsys):
+    data = synth.pope(tmp_path)
+    args = ["eval", "pope", "--model", str(ckpt), "--data", str(data), "--batch-size", "2", "--limit", "2"]
+    assert cli_main(args + ["--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    assert cli_main(args[:-2] + ["--max-new-tokens", "4"]) == 1  # the rest of the questions, another budget
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "llava-mini-jax eval: error: answers file" in err[0]
+    assert "'max_new_tokens': 3" in err[0] and "'max_new_tokens': 4" in err[0]
+    assert len(open(data / "answers" / "pope-test.jsonl").readlines()) == 2  # nothing mixed in
+    # scoring the half-done file without a model reports what is missing beside the score
+    assert cli_main(["eval", "pope", "--data", str(data)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["count"] == 4 and row["missing"] == 2 and row["note"].startswith("2 of 4 questions have no answer")

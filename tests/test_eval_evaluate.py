@@ -49,7 +49,16 @@ def test_scoring_saved_answers_without_a_model(tmp_path):
         ],
     )
     row = evaluate("gqa", root, None)
-    assert row["ours"] == pytest.approx(100.0)
+    assert row["ours"] == pytest.approx(100.0) and row["missing"] == 0
+
+
+def test_missing_answers_are_reported_beside_the_score(tmp_path):
+    root = syn.pope(tmp_path)
+    evaluate("pope", root, syn.CannedModel(POPE_ANSWERS), limit=2, progress=False)  # half done
+    row = evaluate("pope", root, None)
+    path = root / "answers" / "pope-test.jsonl"
+    assert row["count"] == 4 and row["missing"] == 2
+    assert row["note"].startswith(f"2 of 4 questions have no answer in {path} and count as empty answers")
 
 
 def test_results_table_accumulates_rows_in_markdown_and_json(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 import eval_synthetic as syn
 from llava_mini_jax import chat
+from llava_mini_jax.config import GenerationConfig
 from llava_mini_jax.conversation import get_template, tokenizer_image_token
 from llava_mini_jax.eval import registry
 from llava_mini_jax.eval.model_answers import make_answer_fn
@@ -49,9 +50,11 @@ def llama31_ids(tokenizer, query):
 
 def stand_in_session(tokenizer, tmp_path):
     config = types.SimpleNamespace(
-        vision=types.SimpleNamespace(image_size=336), eos_token_ids=[], image_aspect_ratio="pad", resolution_ratio=1
+        vision=types.SimpleNamespace(image_size=336), eos_token_ids=[], image_aspect_ratio="pad", resolution_ratio=1,
+        llm=types.SimpleNamespace(vocab_size=tokenizer.vocab_size),
     )
-    session = chat.ChatSession(tmp_path, model=types.SimpleNamespace(config=config), params={}, tokenizer=tokenizer)
+    model = types.SimpleNamespace(config=config, generation=GenerationConfig())
+    session = chat.ChatSession(tmp_path, model=model, params={}, tokenizer=tokenizer)
 
     def pixels(image=None, video=None, max_frames=None):  # no decoding: shapes only
         return np.zeros((1, 3, 4, 4), np.float32) if image else np.zeros((2, 1, 3, 4, 4), np.float32)

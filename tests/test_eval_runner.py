@@ -121,3 +121,29 @@ def test_duplicate_items_are_asked_once(tmp_path):
     model = FakeModel()
     runner.run_benchmark([item, item], model, tmp_path / "a.jsonl", progress=False)
     assert model.batches == [[item.key]]
+
+
+def test_answers_of_another_model_or_settings_are_never_resumed(tmp_path):
+    items = _items()
+    path = tmp_path / "a.jsonl"
+    model_dir = tmp_path / "ckpt"
+    model_dir.mkdir()
+    settings = {"template": "vicuna_v1", "max_new_tokens": 8}
+    with pytest.raises(RuntimeError, match="interrupted"):
+        runner.run_benchmark(items, FakeModel(fail_after=1), path, batch_size=2, progress=False,
+                             model_id=str(model_dir), settings=settings)
+    assert _lines(path)[0]["metadata"] == {"settings": settings}
+    before = path.read_text()
+    with pytest.raises(runner.ProvenanceError, match=r"holds 2 answers; line 1 was written by model '.*ckpt'; "
+                                                     r"this run's model is 'other'.*mix two models"):
+        runner.run_benchmark(items, FakeModel(), path, batch_size=2, progress=False, model_id="other",
+                             settings=settings)
+    with pytest.raises(runner.ProvenanceError, match=r"settings .*'max_new_tokens': 8.*this run's are .*16"):
+        runner.run_benchmark(items, FakeModel(), path, batch_size=2, progress=False, model_id=str(model_dir),
+                             settings={**settings, "max_new_tokens": 16})
+    assert path.read_text() == before  # nothing appended
+    # the same model named by another path resumes
+    model = FakeModel()
+    runner.run_benchmark(items, model, path, batch_size=2, progress=False,
+                         model_id=str(tmp_path / "." / "ckpt"), settings=settings)
+    assert sum(len(b) for b in model.batches) == 5

@@ -49,3 +49,10 @@ def test_load_rejects_a_foreign_json(tmp_path):
     (tmp_path / "r.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="results table"):
         table.load(tmp_path / "r.md")
+
+
+def test_a_foreign_markdown_file_is_never_overwritten(tmp_path):
+    (tmp_path / "README.md").write_text("# my notes\n")
+    with pytest.raises(ValueError, match=r"README.md exists but is not a results table \(no README.json"):
+        table.update(tmp_path / "README.md", {"benchmark": "pope", "split": "test"})
+    assert (tmp_path / "README.md").read_text() == "# my notes\n" and not (tmp_path / "README.json").exists()

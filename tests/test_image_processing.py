@@ -207,6 +207,30 @@ def test_load_image_errors(tmp_path):
         ip.load_image(tmp_path / "truncated.png")
 
 
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    Image.new("L", (64, 64)).save(tmp_path / "huge.png")  # 4096 pixels; the limit is lowered below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # > 2 x 1000 pixels: PIL refuses it outright
+    with pytest.raises(ValueError, match=r"image '.*huge.png' is too large to decode safely .*4096 pixels.*"
+                                         r"Image.MAX_IMAGE_PIXELS=1000"):
+        ip.load_image(tmp_path / "huge.png")
+
+
+def test_animated_image_says_which_frame_is_used(tmp_path, caplog):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    first = np.asarray(ip.load_image(tmp_path / "anim.gif"))
+    assert first[0, 0].tolist() == [255, 0, 0]
+    assert "anim.gif' is animated (3 frames); using frame 0 (0-based) only" in caplog.text
+    caplog.clear()
+    with Image.open(tmp_path / "anim.gif") as pil:
+        pil.seek(2)
+        assert np.asarray(ip.load_image(pil))[0, 0].tolist() == [0, 0, 255]
+    assert "the given PIL image is animated (3 frames); using frame 2 (0-based) only" in caplog.text
+    caplog.clear()
+    ip.load_image(IMAGES["pal_120x80"])
+    assert "animated" not in caplog.text
+
+
 # --- padding and splitting, hand-worked --------------------------------------------------------------
 
 
@@ -247,3 +271,28 @@ def test_argument_errors():
         ip.split_image(img, 5)
     with pytest.raises(ValueError, match="mode"):
         ip.process_image(img, mode="eval")
+
+
+@pytest.mark.parametrize("name", ["rgb_97x61", "pal_120x80"])
+def test_uint8_pixels_normalised_on_the_device_equal_the_fixture_floats(npz, name):
+    """`as_uint8` keeps the reference's uint8 image (after pad, resize, crop); `pixels_from_uint8`
+    on the device gives exactly the host's float32 pixels (the normalisation LUT)."""
+    import jax.numpy as jnp
+    u8 = ip.process_image(IMAGES[name], "pad", 1, as_uint8=True)
+    assert u8.dtype == np.uint8 and u8.shape == (1, 336, 336, 3)
+    np.testing.assert_array_equal(u8[0], np.asarray(Image.open(PIXELS / "expected" / f"{name}.pad.png").convert("RGB")))
+    table = ip.normalization_table()
+    np.testing.assert_array_equal(table, npz["normalisation_lut"])
+    got = np.asarray(ip.pixels_from_uint8(jnp.asarray(u8), jnp.asarray(table)))
+    np.testing.assert_array_equal(got, ip.process_image(IMAGES[name], "pad", 1))
+    np.testing.assert_allclose(got[0], npz[f"{name}.pad.float"], rtol=0, atol=1e-6)
+
+
+def test_device_normalisation_follows_the_processor_config():
+    import jax.numpy as jnp
+    cfg = ip.ImageProcessorConfig.from_json(CLIP16_CONFIG)
+    cfg = dataclasses.replace(cfg, image_mean=(0.1, 0.5, 0.9), image_std=(0.2, 0.3, 0.7))
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 3, 5, 7, 3), dtype=np.uint8)
+    got = np.asarray(ip.pixels_from_uint8(jnp.asarray(u8), jnp.asarray(ip.normalization_table(cfg))))
+    assert got.shape == (2, 3, 3, 5, 7)
+    np.testing.assert_array_equal(got, ip.normalize(u8, cfg))

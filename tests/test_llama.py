@@ -7,6 +7,7 @@ right-padded batch with an attention mask. Tolerances: logits and hidden states 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -19,7 +20,8 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 from llava_mini_jax.config import LlamaConfig
-from llava_mini_jax.llama import DecoderStack, LlamaLM, causal_mask, write_cache
+from llava_mini_jax.llama import (AttentionMask, DecoderStack, LlamaLM, causal_by_lengths, causal_mask,
+                                 resolve_attention_impl, write_cache, write_layer)
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 SELF = dict(atol=1e-5, rtol=1e-5)
@@ -276,3 +278,60 @@ def test_embed_maps_negative_ids_to_row_zero():
     e = np.asarray(module.apply({"params": params}, jnp.array([[-200, 0, 3]]), method="embed"))
     table = np.asarray(params["embed_tokens"]["embedding"])
     np.testing.assert_array_equal(e[0], table[[0, 0, 3]])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_causal_lengths_match_hf_and_the_dense_mask(variant):
+    """`causal_by_lengths` (what cuDNN's flash attention takes) against HF and against the dense
+    `causal_mask` on every real token."""
+    model, cfg = _hf(variant), _config(variant)
+    ids, mask = _batch()
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    module, params = LlamaLM(cfg), _to_params(model, cfg, scan=True)
+
+    def fwd(p, ids, lengths):
+        def f(m):
+            pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+            return m(m.embed(ids), pos, causal_by_lengths(lengths))[0]
+        return nn.apply(f, module)({"params": p})
+    got = np.asarray(jax.jit(fwd)(params, jnp.asarray(ids), jnp.asarray(mask.sum(1), jnp.int32)))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], **TOL)
+    np.testing.assert_allclose(got[real], _logits(module, params, ids, mask)[real], **SELF)
+
+
+def test_write_layer_hand_values():
+    cache = jnp.zeros((2, 2, 5, 1, 1))  # [layers, B, S, KV, hd]
+    update = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[..., None, None]  # [B, T=2, 1, 1]
+    same = np.asarray(write_layer(cache, update, 1, 2))[..., 0, 0]  # every row at slot 2 of layer 1
+    np.testing.assert_array_equal(same[0], 0)
+    np.testing.assert_array_equal(same[1], [[0, 0, 1, 2, 0], [0, 0, 3, 4, 0]])
+    own = np.asarray(write_layer(cache, update, jnp.int32(0), jnp.array([0, 3])))[..., 0, 0]  # rows' own slots
+    np.testing.assert_array_equal(own[0], [[1, 2, 0, 0, 0], [0, 0, 0, 3, 4]])
+    np.testing.assert_array_equal(own[1], 0)
+    one = np.asarray(write_layer(cache[:, :1], update[:1], 1, jnp.array([1])))[..., 0, 0]  # one row: a plain slice
+    np.testing.assert_array_equal(one[1], [[0, 1, 2, 0, 0]])
+
+
+def test_attention_impl_auto_resolves_to_what_applies():
+    causal = causal_by_lengths(jnp.array([3]))
+    dense = AttentionMask(dense=jnp.ones((1, 1, 4, 4), bool))
+    assert resolve_attention_impl("auto", jnp.bfloat16, 128, causal, 16) == ("cudnn" if jax.default_backend() == "gpu"
+                                                                              else "xla")
+    for args in ((jnp.float32, 128, causal, 16), (jnp.bfloat16, 128, dense, 16), (jnp.bfloat16, 128, causal, 1),
+                 (jnp.bfloat16, 12, causal, 16)):
+        assert resolve_attention_impl("auto", *args) == "xla", args  # float32, dense mask, decode, odd head_dim
+    assert resolve_attention_impl("cudnn", jnp.float32, 128, causal, 16) == "cudnn"  # asked for: no second guess
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        resolve_attention_impl("flash", jnp.bfloat16, 128, causal, 16)
+
+
+def test_attention_impl_is_a_runtime_field_of_the_model():
+    from llava_mini_jax.model import LlavaMini
+    from llava_mini_jax.tiny import tiny_config
+    cfg = tiny_config("mini")
+    assert "attention_impl" not in {f.name for f in dataclasses.fields(cfg)}  # keys no architecture
+    assert LlavaMini(cfg).attention_impl == "auto"
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        LlavaMini(cfg, attention_impl="flash").init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))

@@ -130,3 +130,24 @@ def test_dtype_kept():
     emb, _, lab = _splice(text, jnp.ones((1, 2, 2), jnp.float32), jnp.array([[1, IMG, 2]]), jnp.ones((1, 3)), None,
                           None)
     assert emb.dtype == jnp.bfloat16 and emb.shape == (1, 4, 2) and lab.shape == (1, 4)
+
+
+def test_num_vision_splices_only_the_real_tokens_of_a_padded_buffer():
+    """A video padded to a bucket: 2 of the buffer's 4 vision tokens are real; the text follows them and
+    the static length stays L - 1 + 4 (the unused room is padding)."""
+    ids = np.array([[1, IMG, 5, 6], [IMG, 7, 0, 0], [1, 2, 3, 0]])
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    labels = np.array([[IGN, IGN, 5, 6], [IGN, 7, IGN, IGN], [1, 2, 3, IGN]])
+    emb, valid, lab = jax.jit(splice)(jnp.asarray(_text(ids)), jnp.asarray(_vision(3, 4)), jnp.asarray(ids),
+                                      jnp.asarray(mask), jnp.asarray(labels), None, jnp.int32(2))
+    emb = np.asarray(emb)[..., 0]
+    assert emb.shape == (3, 7)
+    np.testing.assert_array_equal(emb, [[1, -1, -2, 3, 4, 0, 0],
+                                        [-1001, -1002, 102, 0, 0, 0, 0],
+                                        [201, 202, 203, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(valid).sum(1), [5, 3, 3])
+    np.testing.assert_array_equal(np.asarray(lab), [[IGN, IGN, IGN, 5, 6, IGN, IGN],
+                                                    [IGN, IGN, 7, IGN, IGN, IGN, IGN],
+                                                    [1, 2, 3, IGN, IGN, IGN, IGN]])
+    full = _run(ids, mask, 2, labels)  # the same as a buffer of exactly the real tokens, padded further
+    np.testing.assert_array_equal(emb[:, :5], full[0])

@@ -330,3 +330,12 @@ def test_bad_json(tmp_path):
 def test_encode_rejects_non_strings(vicuna):
     with pytest.raises(ValueError, match="str"):
         vicuna.encode([1, 2])
+
+
+def test_check_vocabulary(vicuna):
+    from llava_mini_jax.tokenizer import check_vocabulary
+    check_vocabulary(vicuna, vicuna.vocab_size)
+    check_vocabulary(vicuna, vicuna.vocab_size + 64)  # a padded embedding table is fine
+    with pytest.raises(ValueError, match=rf"has {vicuna.vocab_size} ids .* the model has a vocabulary of 100 "
+                                         rf".*ids 100..{vicuna.vocab_size - 1} have no embedding"):
+        check_vocabulary(vicuna, 100)

@@ -150,3 +150,53 @@ def test_stage2_takes_the_projector_of_a_stage1_checkpoint(tmp_path):
         bad = tiny_train_config(_model_json("mini"), model={"init_from_checkpoint": str(tmp_path / "stage1"),
                                                             "init_patterns": ["prefusion"]})
         initial_params(bad.model, t2.model, t2.param_shardings, t2.random_params)
+
+
+def test_ctrl_c_saves_like_sigterm_then_resume_is_bit_exact(uninterrupted, tmp_path):
+    _, full = uninterrupted
+
+    def hook(rec):
+        if rec["step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    previous = signal.getsignal(signal.SIGINT)
+    first = train(config(tmp_path, every=100), on_step=hook)
+    assert first.stopped == "interrupted" and first.step == 2
+    assert os.path.isdir(os.path.join(str(tmp_path), "2", "params"))
+    assert signal.getsignal(signal.SIGINT) is previous  # our handler is gone again
+    assert_same_run(train(config(tmp_path, every=100)), full, 3)
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, monkeypatch):
+    class Exited(BaseException):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+
+    def hook(rec):
+        if rec["step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(Exited) as e:
+        train(config(tmp_path, every=100), on_step=hook)
+    assert e.value.args == (130,)
+    assert not [n for n in os.listdir(tmp_path) if n.isdigit()]  # nothing saved after the second Ctrl-C
+
+
+def test_a_crash_and_resume_leave_one_metrics_row_per_step(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def hook(rec):
+        if rec["step"] == 5:  # after step 4's checkpoint and step 5's metrics row
+            raise Crash
+    with pytest.raises(Crash):
+        train(config(tmp_path), on_step=hook)
+    import json
+    rows = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
+    assert rows == [1, 2, 3, 4, 5]
+    train(config(tmp_path))  # resumes at step 4: step 5 again, then 6
+    rows = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
+    assert rows == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.superseded.jsonl")] == [5]

@@ -85,3 +85,13 @@ def _flat(d, prefix=""):
         else:
             out[key] = v
     return out
+
+
+def test_a_run_directory_never_holds_or_lies_in_a_weight_source(tmp_path):
+    from train.config import load_config
+    for key, src, run, relation in (("path", tmp_path / "run" / "4", tmp_path / "run", "contains"),
+                                    ("init_from_checkpoint", tmp_path / "s1", tmp_path / "s1", "is"),
+                                    ("path", tmp_path / "m", tmp_path / "m" / "run", "lies inside")):
+        with pytest.raises(ConfigError, match=rf"checkpoint.dir {run} {relation} the source {src}; .*\(model.{key}\)"):
+            load_config(None, [f"model.{key}={src}", f"checkpoint.dir={run}"])
+    load_config(None, [f"model.path={tmp_path / 'm'}", f"checkpoint.dir={tmp_path / 'run'}"])  # apart: fine

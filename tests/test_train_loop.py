@@ -2,6 +2,7 @@
 count), configs that do not fit the mesh fail before any compile, metrics records."""
 import functools
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -116,3 +117,68 @@ def test_llava_json_pipeline_end_to_end(tmp_path):
     r = loop.train(cfg, on_step=seen.append)
     assert r.step == 3 and all(np.isfinite(list(r.losses.values())))
     assert all(rec["supervised_tokens"] > 0 for rec in seen)
+
+
+class _NoLabels(_Corrupt):
+    """The batches of steps `bad` (1-based) supervise nothing."""
+
+    def __next__(self):
+        b = next(self.it)
+        self.n += 1
+        if self.n in self.bad:
+            b = dict(b, labels=np.full_like(b["labels"], -100))
+        return b
+
+
+def test_steps_without_supervised_tokens_stop_the_run(monkeypatch, tmp_path):
+    real = loop.make_pipeline
+    monkeypatch.setattr(loop, "make_pipeline", lambda *a, **k: (_NoLabels(real(*a, **k)[0], {2, 3, 4}), 8))
+    with pytest.raises(loop.DataError, match=r"3 consecutive steps \(through step 4\) had no supervised token .*"
+                                             r"train.max_empty_steps=3"):
+        loop.train(config(tmp_path, max_bad_fraction=1.0))
+    assert sorted(n for n in os.listdir(tmp_path) if n.isdigit()) == ["2"]  # nothing saved past the last good step
+    seen = []
+    r = loop.train(config(max_bad_fraction=1.0, max_empty_steps=0), on_step=seen.append)  # 0: never stops
+    assert r.step == TOTAL and [rec["empty_rows"] for rec in seen] == [0, 8, 8, 8, 0, 0]
+
+
+def _llava_config(tmp_path, data_json, image_folder, **train_kw):
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "preprocess", "tokenizers")
+    model = write_tiny_model(str(tmp_path / "model"), "mini", vocab=32000)
+    return tiny_train_config(model, data={"source": "json", "data_path": [data_json], "image_folder": image_folder,
+                                          "tokenizer_path": os.path.join(fixtures, "vicuna"), "template": "vicuna_v1",
+                                          "model_max_length": 128, "length_buckets": [128], "read_threads": 1},
+                             train={"max_steps": 3, "global_batch_size": 4, "grad_accum_steps": 2, **train_kw},
+                             checkpoint={"dir": str(tmp_path / "run")})  # the end-to-end test's step: one compile
+
+
+def test_a_wrong_image_folder_stops_the_run_naming_the_cause(tmp_path):
+    from llava_mini_jax.data.synthetic import write_synthetic_dataset
+    data = write_synthetic_dataset(tmp_path / "data", num_images=8, num_text=0, seed=0)
+    with pytest.raises(loop.DataError) as e:
+        loop.train(_llava_config(tmp_path, data, str(tmp_path / "imgs")))  # mistyped folder
+    msg = str(e.value)
+    assert "4 of the 4 rows of steps up to 1 (100%) had no supervised token" in msg
+    assert re.search(r"skipped/missing_media: \d+ \(e.g. sample 'img\d+': image: image file not found", msg), msg
+    assert str(tmp_path / "imgs") in msg and "data.image_folder" in msg
+    assert not [n for n in os.listdir(tmp_path / "run") if n.isdigit()]  # no checkpoint of a run on nothing
+
+
+def test_data_without_answers_stops_the_run_and_warnings_name_the_cause(tmp_path, caplog):
+    import json
+    records = [{"id": f"q{i}", "conversations": [{"from": "human", "value": f"question {i}?"}]} for i in range(8)]
+    (tmp_path / "q.json").write_text(json.dumps(records))
+    with pytest.raises(loop.DataError, match=r"fully_masked/no_answer: \d+ \(e.g. sample 'q\d'\)"):
+        loop.train(_llava_config(tmp_path, str(tmp_path / "q.json"), ""))
+    assert "no assistant ('gpt') turn" in caplog.text and "tokenization mismatch" not in caplog.text
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path, monkeypatch):
+    from llava_mini_jax.data.synthetic import write_synthetic_dataset
+    data = write_synthetic_dataset(tmp_path / "data", num_images=8, num_text=0, seed=0)
+    cfg = _llava_config(tmp_path, data, str(tmp_path / "data"))
+    small = write_tiny_model(str(tmp_path / "small"), "mini", vocab=64)
+    cfg = tiny_train_config(small, data=loop.to_dict(cfg.data), train={"max_steps": 3, "global_batch_size": 4})
+    monkeypatch.setattr(loop, "build_trainer", lambda *a, **k: pytest.fail("got past the check"))
+    with pytest.raises(ValueError, match=r"tokenizer .*vicuna has 2000 ids .* a vocabulary of 64 .*ids 64..1999"):
+        loop.train(cfg)

@@ -4,7 +4,9 @@ import os
 
 import yaml
 
-from train.__main__ import EXIT_CONFIG, EXIT_OK, main
+import pytest
+
+from train.__main__ import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, main
 from train.config import to_dict
 from train.tiny import tiny_train_config, write_tiny_model
 
@@ -44,3 +46,23 @@ def test_print_config_and_list_keys(capsys):
     assert out["train"]["global_batch_size"] == 128 and out["stage"] == "stage2"
     assert main(["--list-keys"]) == EXIT_OK
     assert "optimizer.groups" in capsys.readouterr().out.split()
+
+
+def test_errors_print_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    path = _config_file(tmp_path)
+    from train.run_lock import RunLock
+    run = tmp_path / "run"
+    with RunLock(str(run)):
+        assert main(["--config", path, f"checkpoint.dir={run}"]) == EXIT_BUSY
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("llava-mini-jax train: error: run directory ") and "in use by pid" in err
+    missing = ["--config", path, "data.source=json", f"data.data_path={tmp_path}/nope.json",
+               f"data.tokenizer_path={tmp_path}"]
+    assert main(missing) == EXIT_CONFIG
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.json" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        main(missing + ["--debug"])
+    monkeypatch.setenv("LLAVA_MINI_JAX_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        main(missing)

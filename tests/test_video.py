@@ -153,6 +153,17 @@ def test_inference_frames_and_hd_pixels(npz):
     np.testing.assert_array_equal(pixels[2, 1], clip_preprocess(quarter))
 
 
+def test_uint8_frames_are_the_reference_frames(npz):
+    """`as_uint8`: the frames (HD parts too) before normalisation, `[T, P, H, W, 3]`; normalised they are
+    the float pixels."""
+    path = PIXELS / "clip_10fps_43f.mkv"
+    u8, used = vid.process_video(path, resolution_ratio=2, as_uint8=True)
+    assert used == [5, 15, 26, 37] and u8.shape == (4, 5, 336, 336, 3) and u8.dtype == np.uint8
+    np.testing.assert_array_equal(u8[:, 4], npz["clip_10fps_43f.infer1fps.frames336"])
+    from llava_mini_jax.image_processing import normalize
+    np.testing.assert_array_equal(normalize(u8), vid.process_video(path, resolution_ratio=2)[0])
+
+
 def test_short_clip_gives_one_inference_frame():
     # 12 frames at 25 fps: the reference crashes (ZeroDivisionError); the library takes frame 5.
     pixels, used = vid.process_video(PIXELS / "clip_25fps_12f.mkv")

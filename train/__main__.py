@@ -6,8 +6,11 @@
 `--config` is a YAML/JSON file or a preset (`stage1`, `stage2`); each `section.key=value` overrides
 one field (YAML values: `mesh.rules={embed: null}`, `optimizer.groups.0.lr=2e-5`, lists
 `data.data_path=[a.json,b.json]`). `--print-config` shows the resolved config, `--list-keys` every
-key. Exit codes: 0 done, 2 bad config, 3 non-finite loss/gradients, 143 stopped by SIGTERM after
-saving a checkpoint (resume by running the same command again).
+key. Exit codes: 0 done, 1 another error, 2 bad config (or a resume whose config the run directory's
+does not allow, or a missing file), 3 non-finite loss/gradients, 4 bad data (no supervised tokens),
+5 the run directory is in use by another run, 130 / 143 stopped by Ctrl-C / SIGTERM after saving a
+checkpoint (resume by running the same command again). Errors print one line; `--debug` (or
+`LLAVA_MINI_JAX_DEBUG=1`) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import sys
 
 log = logging.getLogger("train")
 
-EXIT_OK, EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED = 0, 2, 3, 143
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NONFINITE, EXIT_DATA, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED, EXIT_PREEMPTED = 130, 143
+PROG = "llava-mini-jax train"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. train.global_batch_size=64")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key and exit")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (also: environment variable LLAVA_MINI_JAX_DEBUG=1)")
     return p
 
 
@@ -47,30 +54,45 @@ def _setup_logging(level: str) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .config import ConfigError, config_keys, load_config, to_yaml
+    from llava_mini_jax.user_errors import debug_requested
+    debug = args.debug or debug_requested()
+    try:
+        return _main(args)
+    except Exception as e:  # noqa: BLE001  one line per error unless --debug
+        if debug:
+            raise
+        return _report(e)
+
+
+def _report(e: Exception) -> int:
+    from llava_mini_jax.user_errors import report
+    from .config import ConfigError
+    from .loop import DataError, NonFiniteError
+    from .run_lock import RunDirectoryBusy
+    print(report(PROG, e, (NonFiniteError, DataError, RunDirectoryBusy)), file=sys.stderr)
+    for kind, code in ((ConfigError, EXIT_CONFIG), (FileNotFoundError, EXIT_CONFIG), (NonFiniteError, EXIT_NONFINITE),
+                       (DataError, EXIT_DATA), (RunDirectoryBusy, EXIT_BUSY)):
+        if isinstance(e, kind):
+            return code
+    return EXIT_ERROR
+
+
+def _main(args) -> int:
+    from .config import config_keys, load_config, to_yaml
     if args.list_keys:
         print("\n".join(config_keys()))
         return EXIT_OK
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"llava-mini-jax train: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return EXIT_OK
     _setup_logging(cfg.logging.level)
-    from .loop import NonFiniteError, train
-    try:
-        result = train(cfg)
-    except ConfigError as e:
-        print(f"llava-mini-jax train: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NonFiniteError as e:
-        log.error("%s", e)
-        return EXIT_NONFINITE
+    from .loop import train
+    result = train(cfg)
     if result.stopped == "preempted":
         return EXIT_PREEMPTED
+    if result.stopped == "interrupted":
+        return EXIT_INTERRUPTED
     log.info("done: step %d (%s), last checkpoint %s", result.step, result.stopped, result.last_checkpoint)
     return EXIT_OK
 

@@ -96,10 +96,19 @@ class Checkpointer:
         self.model_config = model_config
         options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save,
                                                create=True)
+        self.train_config = train_config
         self.manager = ocp.CheckpointManager(self.dir, options=options)
+
+    def stored_configs(self) -> tuple[Optional[dict], Optional[dict]]:
+        """`(train_config.json, config.json)` of the run directory as stored (None where missing)."""
+        return tuple(_read_json(os.path.join(self.dir, name)) for name in (TRAIN_CONFIG, MODEL_CONFIG))
+
+    def write_configs(self) -> None:
+        """Writes the run's `config.json` and `train_config.json` (process 0); call once the run
+        owns the directory (locked, and a resume checked against the stored configs)."""
         if jax.process_index() == 0:
-            _write_json(os.path.join(self.dir, MODEL_CONFIG), model_config)
-            _write_json(os.path.join(self.dir, TRAIN_CONFIG), train_config)
+            _write_json(os.path.join(self.dir, MODEL_CONFIG), self.model_config)
+            _write_json(os.path.join(self.dir, TRAIN_CONFIG), self.train_config)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -132,8 +141,12 @@ class Checkpointer:
         self._write_step_configs()
 
     def close(self) -> None:
+        """Waits for a pending save, then closes the manager (a second call does nothing)."""
+        if self.manager is None:
+            return
         self.wait()
         self.manager.close()
+        self.manager = None
 
     def _write_step_configs(self) -> None:
         """`config.json` into every committed step directory lacking one (process 0)."""
@@ -143,6 +156,16 @@ class Checkpointer:
             path = os.path.join(self.step_dir(step), MODEL_CONFIG)
             if os.path.isdir(self.step_dir(step)) and not os.path.exists(path):
                 _write_json(path, self.model_config)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is the stored config of the run directory") from None
 
 
 def _write_json(path: str, obj) -> None:

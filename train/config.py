@@ -209,7 +209,10 @@ class LoopConfig:
     micro-batch rows of one data-parallel device). `loss_chunk_size`: positions per
     cross-entropy chunk (the LM head runs one chunk at a time, so no `[B, L, V]` logits are held;
     0: full logits). `nonfinite`: `stop` (raise, naming the step and the last good checkpoint) or
-    `skip` (drop the update, count it; stop after `max_skipped`).
+    `skip` (drop the update, count it; stop after `max_skipped`). Bad data stops the run
+    (`DataError`): `max_empty_steps` consecutive steps without one supervised token in the global
+    batch (0: never), or more than `max_bad_fraction` of the rows so far without one (bad samples
+    skipped, fully masked, no answer; 1.0: never).
     """
 
     global_batch_size: int = 256
@@ -223,6 +226,8 @@ class LoopConfig:
     loss_chunk_size: int = 512
     nonfinite: str = "stop"
     max_skipped: int = 100
+    max_empty_steps: int = 3
+    max_bad_fraction: float = 0.5
     transfer_guard: bool = True
 
     def __post_init__(self):
@@ -239,6 +244,10 @@ class LoopConfig:
             raise ConfigError(f"train.epochs={self.epochs}: expected > 0")
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
+        if self.max_empty_steps < 0:
+            raise ConfigError(f"train.max_empty_steps={self.max_empty_steps}: expected >= 0 (0: never stop)")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"train.max_bad_fraction={self.max_bad_fraction}: expected in [0, 1] (1: never stop)")
 
     @property
     def micro_batch_size(self) -> int:
@@ -308,6 +317,14 @@ class TrainConfig:
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        if self.checkpoint.dir:  # retention deletes old steps: never a weight source inside the run
+            from convert.staging import check_not_overlapping
+            m = self.model
+            for key in ("path", "llm_path", "vision_path", "init_from_checkpoint"):
+                try:
+                    check_not_overlapping(self.checkpoint.dir, [getattr(m, key)], "checkpoint.dir")
+                except ValueError as e:
+                    raise ConfigError(f"{e} (model.{key}); a run directory holds only its own steps") from None
         default = DataConfig()
         changed = [k for k in SET_BY_TRAINER if getattr(self.data, k) != getattr(default, k)]
         if changed:

@@ -233,10 +233,17 @@ def image_processor_config(model_cfg: LlavaMiniConfig, model_dir: str | None = N
 def make_llava_pipeline(cfg: TrainConfig, model_cfg: LlavaMiniConfig, process_index: int, process_count: int,
                         num_steps: int | None = None, model_dir: str | None = None, reference_rows: int | None = None):
     from llava_mini_jax.data import make_train_pipeline
+    from llava_mini_jax.data.features import SampleProcessor
+    from llava_mini_jax.tokenizer import check_vocabulary
     t = cfg.train
     epochs = max(1, math.ceil(t.epochs))
-    it, spe = make_train_pipeline(llava_data_config(cfg, model_cfg, process_index, process_count, epochs, model_dir,
-                                                    reference_rows))
+    data_cfg = llava_data_config(cfg, model_cfg, process_index, process_count, epochs, model_dir, reference_rows)
+    it, spe = make_train_pipeline(data_cfg)  # names missing data files first
+    try:
+        check_vocabulary(SampleProcessor.from_config(data_cfg).tokenizer, model_cfg.llm.vocab_size)
+    except BaseException:
+        it.close()
+        raise
     needed = num_steps if num_steps is not None else math.ceil(t.epochs * spe)
     if needed > epochs * spe:  # max_steps beyond the epochs: rebuild with enough epochs
         it.close()

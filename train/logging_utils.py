@@ -3,7 +3,11 @@
 JSONL record per step: `step` (1-based count of optimizer steps done), `loss`, `grad_norm`,
 `lr` (first group) and `lr/<group>`, `supervised_tokens`, `tokens` (LLM sequence tokens, vision
 tokens included), `tokens_per_s`, `step_time_s`, `skipped` (non-finite steps dropped so far),
-`finite`, `time` (unix seconds).
+`finite`, `empty_rows` (rows of the global batch without a supervised token), `time` (unix seconds).
+
+One row per step: when a run (re)starts at step `s`, rows of steps after `s` (written after the
+checkpoint it resumes from, so about to be redone) and earlier duplicates of a step move to
+`metrics.superseded.jsonl` beside it, as does a line cut short by a crash.
 """
 from __future__ import annotations
 
@@ -43,7 +47,11 @@ class MetricsLogger:
             return
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
-            self.path = os.path.join(log_dir, "metrics.jsonl")
+            self.path = os.path.join(log_dir, METRICS_FILE)
+            moved = settle_metrics(self.path, start_step)
+            if moved:
+                log.warning("%s: %d row(s) of steps after %d (or repeated, or cut short) moved to %s", self.path, moved,
+                            start_step, SUPERSEDED_FILE)
             self.file = open(self.path, "a")
             if tensorboard:
                 self.tb = _tensorboard_writer(os.path.join(log_dir, "tensorboard"))
@@ -85,6 +93,47 @@ class MetricsLogger:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+METRICS_FILE = "metrics.jsonl"
+SUPERSEDED_FILE = "metrics.superseded.jsonl"
+
+
+def settle_metrics(path: str, start_step: int) -> int:
+    """Keeps in `path` the last row of each step <= `start_step`, in step order; appends the other
+    lines (later steps, earlier duplicates, unreadable lines) to `metrics.superseded.jsonl` in the
+    same folder. Returns how many lines moved."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        text = f.read()
+    lines = text.splitlines()
+    keep: dict[int, str] = {}
+    moved: list[str] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            moved.append(line)
+            continue
+        if step > start_step:
+            moved.append(line)
+            continue
+        if step in keep:
+            moved.append(keep[step])
+        keep[step] = line
+    settled = "".join(keep[s] + "\n" for s in sorted(keep))
+    if moved:
+        with open(os.path.join(os.path.dirname(path), SUPERSEDED_FILE), "a") as f:
+            f.write("".join(line + "\n" for line in moved))
+    if settled != text:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(settled)
+        os.replace(tmp, path)
+    return len(moved)
 
 
 def _plain(v):

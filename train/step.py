@@ -133,6 +133,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, trainabl
         else:
             weights = jnp.ones(batch["labels"].shape[:2], jnp.float32)
         batch = {k: v for k, v in batch.items() if k != "row_index"}
+        labels = batch["labels"]  # [A, rows, L]: rows with no supervised label count as empty
 
         def grad_micro(i, micro, w):
             def f(p):
@@ -167,8 +168,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, trainabl
         # donated buffers instead of holding new params and AdamW moments beside the old ones
         new_params, opt_state = jax.lax.cond(ok, update, lambda p, s, g: (p, s), params, state.opt_state, grads)
         count = state.step - state.skipped  # the optimiser's update count before this step
+        empty_rows = ((labels[..., 1:] != IGNORE_INDEX).sum(axis=-1) == 0).sum().astype(jnp.int32)
         metrics = dict(loss=loss, grad_norm=grad_norm, supervised_tokens=aux["supervised"], tokens=aux["tokens"],
-                       finite=ok, skipped=state.skipped + (~ok).astype(jnp.int32))
+                       finite=ok, skipped=state.skipped + (~ok).astype(jnp.int32), empty_rows=empty_rows)
         metrics.update({f"lr/{g}": s(count) for g, s in schedules.items()})
         new_state = TrainState(step=state.step + 1, params=join(new_params, frozen), opt_state=opt_state,
                                rng=state.rng, skipped=metrics["skipped"])

@@ -41,12 +41,14 @@ class BatchInfo:
       ids: sample id per row. kind: "video" for a video batch, else "image" (images and text).
       skipped: `(row, sample id, reason, message)` for each inert row.
       fully_masked: ids of rows whose labels are all -100 although the sample is good.
+      masked_reasons: the `features.MASKED_REASONS` code of each of those rows.
     """
 
     ids: tuple[str, ...]
     kind: str
     skipped: tuple[tuple[int, str, str, str], ...]
     fully_masked: tuple[str, ...]
+    masked_reasons: tuple[str, ...] = ()
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
@@ -94,7 +96,7 @@ def collate(rows: Sequence[Row], *, pad_id: int, first_id: int, buckets: Sequenc
     labels = np.full((b, width), IGNORE_INDEX, np.int32)
     mask = (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
     images = np.zeros((b,) + tuple(shape), np.float32)
-    skipped, fully_masked = [], []
+    skipped, fully_masked, reasons = [], [], []
     for i, row in enumerate(rows):
         if isinstance(row, Skipped):
             input_ids[i, 0] = first_id
@@ -109,6 +111,7 @@ def collate(rows: Sequence[Row], *, pad_id: int, first_id: int, buckets: Sequenc
             images[i] = row.pixels
         if row.fully_masked:
             fully_masked.append(row.sample_id)
+            reasons.append(row.masked_reason or "no_supervised_token")
     arrays = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "images": images}
-    info = BatchInfo(tuple(r.sample_id for r in rows), kind, tuple(skipped), tuple(fully_masked))
+    info = BatchInfo(tuple(r.sample_id for r in rows), kind, tuple(skipped), tuple(fully_masked), tuple(reasons))
     return arrays, info

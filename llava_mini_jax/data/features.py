@@ -55,7 +55,7 @@ class Example:
       index: position in the source. sample_id: the record's id. kind: "image" | "video" | "text".
       input_ids: `[L]` int32, at most one -200. labels: `[L]` int32, -100 where not supervised.
       pixels: float32 `[P, 3, H, W]` (image), `[T, P, 3, H, W]` (video) or None (text).
-      fully_masked: no label is supervised (the reference's mismatch rule fired).
+      fully_masked: no label is supervised. masked_reason: why (`MASKED_REASONS`), "" otherwise.
     """
 
     index: int
@@ -65,6 +65,7 @@ class Example:
     labels: np.ndarray
     pixels: Union[np.ndarray, None]
     fully_masked: bool
+    masked_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,26 @@ class Skipped:
     kind: str
     reason: str
     message: str
+
+
+# Why a sample that tokenized has no supervised label (the warning names the cause).
+MASKED_REASONS = {
+    "no_answer": "no assistant ('gpt') turn, so nothing to supervise",
+    "empty_answer": "every assistant ('gpt') turn is empty",
+    "tokenization_mismatch": "tokenization mismatch: the template's round arithmetic disagrees with the ids, so "
+                             "the whole sample is masked, as the reference does",
+    "no_supervised_token": "no supervised token after tokenization",
+}
+
+
+def masked_reason(record: dict, mismatch: bool) -> str:
+    """The `MASKED_REASONS` code of a sample whose labels are all ignored."""
+    answers = [t.get("value") for t in record.get("conversations") or () if t.get("from") == "gpt"]
+    if not answers:
+        return "no_answer"
+    if not any(isinstance(a, str) and a.strip() for a in answers):
+        return "empty_answer"
+    return "tokenization_mismatch" if mismatch else "no_supervised_token"
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,7 +192,8 @@ class SampleProcessor:
                                                   f"model_max_length={self.model_max_length}")
         pixels = self._pixels(raw, sid, kind)
         fully_masked = tok.fully_masked or not bool((labels != IGNORE_INDEX).any())
-        return Example(raw.index, sid, kind, ids, labels, pixels, fully_masked)
+        reason = masked_reason(raw.record, tok.fully_masked) if fully_masked else ""
+        return Example(raw.index, sid, kind, ids, labels, pixels, fully_masked, reason)
 
     def _pixels(self, raw: RawSample, sid: str, kind: str):
         if kind == "text":

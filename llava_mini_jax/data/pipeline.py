@@ -31,7 +31,7 @@ from typing import Any, Union
 
 from llava_mini_jax.data.batching import BatchInfo, collate, pixel_shape
 from llava_mini_jax.data.config import DataConfig
-from llava_mini_jax.data.features import SampleProcessor
+from llava_mini_jax.data.features import MASKED_REASONS, SampleProcessor
 from llava_mini_jax.data.order import BatchOrder
 from llava_mini_jax.data.sources import JsonSource, TfdsSource, is_tfds_dir
 from llava_mini_jax.optional_deps import require
@@ -159,6 +159,7 @@ class TrainIterator:
         self.step = 0
         self._it = None
         self.stats: collections.Counter = collections.Counter(source.bad_counts)
+        self.examples: dict[str, str] = {}  # counter key -> an example sample (this session only)
         self.last_info: BatchInfo | None = None
 
     def __iter__(self) -> "TrainIterator":
@@ -186,10 +187,25 @@ class TrainIterator:
             self.stats[f"skipped/{reason}"] += 1
             logger.warning("skipped sample %r (%s), an inert row stands in batch row %d; %d "
                            "skipped so far: %s", sid, reason, row, self.stats["skipped"], message)
-        for sid in info.fully_masked:
+            self.examples.setdefault(f"skipped/{reason}", message)
+        reasons = info.masked_reasons or ("no_supervised_token",) * len(info.fully_masked)
+        for sid, reason in zip(info.fully_masked, reasons):
             self.stats["fully_masked"] += 1
-            logger.warning("sample %r has no supervised label (tokenization mismatch, masked as "
-                           "the reference does); %d so far", sid, self.stats["fully_masked"])
+            self.stats[f"fully_masked/{reason}"] += 1
+            self.examples.setdefault(f"fully_masked/{reason}", f"sample {sid!r}")
+            logger.warning("sample %r has no supervised label (%s); %d so far", sid,
+                           MASKED_REASONS.get(reason, reason), self.stats["fully_masked"])
+
+    def summary(self) -> str:
+        """The counters in words: rows read, skipped and fully masked by cause, with an example
+        sample of each cause seen by this iterator."""
+        parts = [f"{self.stats['rows']} rows read"]
+        for key in sorted(k for k in self.stats if "/" in k and self.stats[k]):
+            example = self.examples.get(key)
+            parts.append(f"{key}: {self.stats[key]}" + (f" (e.g. {example})" if example else ""))
+        if self.stats.get("bad_record"):
+            parts.append(f"bad_record: {self.stats['bad_record']} (dropped when the data files were read)")
+        return ", ".join(parts)
 
     def get_state(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: the step, what it must match, and the counters."""

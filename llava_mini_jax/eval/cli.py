@@ -46,5 +46,5 @@ def run(args) -> int:
                    answer_parsing=args.answer_parsing, fix_reference_prompts=args.fix_reference_prompts,
                    answers_file=None if args.model else args.answers)
     print(json.dumps({k: row[k] for k in ("benchmark", "split", "metric", "ours", "lenient", "proxy", "paper",
-                                           "count", "note")}))
+                                           "count", "missing", "note")}))
     return 0

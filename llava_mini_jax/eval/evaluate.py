@@ -10,7 +10,9 @@ never needs it to be a particular model. Files, by default under `<data_dir>/ans
 Scores use each benchmark's official / reference rule (SPEC D17). `answer_parsing="lenient"` adds
 the forgiving reading (`row["lenient"]`, `metrics["lenient"]`) beside the headline, never in its
 place. Without a model, the answers file (or `answers_file`) is scored, ours or one written by the
-reference's scripts (`reference_answers`).
+reference's scripts (`reference_answers`); questions it has no answer for count as empty answers
+and are reported beside the score (`row["missing"]`, and the note). An answers file written by
+another model or with other settings is never resumed (`runner.ProvenanceError`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def evaluate(
     answer_parsing: str = "official",
     fix_reference_prompts: bool = False,
     answers_file=None,
+    settings: Optional[Dict] = None,
 ) -> Dict:
     """Evaluate `answer_fn` on one benchmark split; returns the result row (metrics included).
 
@@ -74,6 +77,8 @@ def evaluate(
       fix_reference_prompts: ask the sensible variant where the reference's script looks like an
         omission (MMBench-CN's Chinese instruction; the template is `make_answer_fn`'s business).
       answers_file: with `answer_fn` None, score this file instead of the answers file.
+      settings: the answering settings recorded with each answer and checked on resume (default:
+        `answer_fn.settings` when it has them, as `make_answer_fn`'s do).
     """
     if answer_parsing not in ANSWER_PARSINGS:
         raise ValueError(f"answer_parsing {answer_parsing!r}: expected one of {ANSWER_PARSINGS}")
@@ -92,8 +97,10 @@ def evaluate(
         answers = reference_answers.load(scored, items) if answers_file is not None or scored.exists() else {}
     else:
         answers = run_benchmark(
-            items, answer_fn, answers_path, batch_size=batch_size, progress=progress, model_id=model_id
+            items, answer_fn, answers_path, batch_size=batch_size, progress=progress, model_id=model_id,
+            settings=settings if settings is not None else getattr(answer_fn, "settings", None),
         )
+    missing = sum(1 for item in items if item.key not in answers)
     server = b.is_server_scored(split)
     metrics = {} if server or b.score is None else b.score(items, answers)
     lenient = None
@@ -114,11 +121,17 @@ def evaluate(
         "paper": b.paper if split == b.paper_split else None,
         "note": _note(b, split, written, fix_reference_prompts),
         "count": len(items),
+        "missing": missing,
         "limit": limit,
         "answers_file": str(answers_path),
         "files": {k: str(v) for k, v in written.items()},
         "metrics": metrics,
     }
+    if missing:
+        scored = Path(answers_file) if answers_file is not None else answers_path
+        gap = (f"{missing} of {len(items)} questions have no answer in {scored} and count as empty answers "
+               f"(run with --model to answer them)")
+        row["note"] = f"{gap}; {row['note']}" if row["note"] else gap
     if out is not None:
         table.update(Path(out), row)
     return row

@@ -20,6 +20,9 @@ def make_answer_fn(session, bench: Benchmark, max_frames: Optional[int] = None,
     template with `fix_reference_prompts` or when the benchmark has none); the batch is answered
     greedily with the benchmark's budget (`bench.max_new_tokens`, unless `max_new_tokens`) in one
     padded `generate` call per pixel shape. The session itself is left unchanged.
+    `answer_fn.settings` records what shapes the answers (template, budget, frames, sampling,
+    param dtype, prompt fixes); `evaluate` writes it beside every answer and refuses to resume
+    answers written with other settings.
     """
     budget = max_new_tokens or bench.max_new_tokens
     template = bench.template(session.template, fix_reference_prompts)
@@ -32,7 +35,18 @@ def make_answer_fn(session, bench: Benchmark, max_frames: Optional[int] = None,
                                       max_frames=it.meta.get("max_frames", max_frames) if it.video else None)
                   for it in items]
         return session.answer_batch([it.query for it in items], pixels, max_new_tokens=budget)
+    answer_fn.settings = answer_settings(session, template, budget, max_frames, fix_reference_prompts)
     return answer_fn
+
+
+def answer_settings(session, template: str, max_new_tokens: int, max_frames: Optional[int],
+                    fix_reference_prompts: bool) -> dict:
+    """The settings a benchmark's answers depend on, besides the model (JSON-able)."""
+    import jax
+    leaves = jax.tree.leaves(session.params)
+    return {"template": template, "max_new_tokens": max_new_tokens, "max_frames": max_frames,
+            "temperature": session.temperature, "top_p": session.top_p,
+            "dtype": str(leaves[0].dtype) if leaves else None, "fix_reference_prompts": bool(fix_reference_prompts)}
 
 
 def evaluate_model(bench: str, model, data_dir, split: Optional[str] = None, batch_size: int = 8,

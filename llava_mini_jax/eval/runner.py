@@ -6,10 +6,13 @@ similar length, and appends one line per answer as soon as its batch is done:
 
     {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 
-the line layout of the reference's `model_vqa_loader.py`. On restart the questions already in
-the file are skipped (matched by `EvalItem.key`); a last line cut short by an interruption is
-dropped and overwritten. Answers never depend on how questions are batched, provided `answer_fn`
-itself gives each row the answer it would give alone.
+the line layout of the reference's `model_vqa_loader.py`; `metadata` holds the answering
+settings (`{"settings": {...}}`: template, token budget, frames, dtype) when given. On restart the
+questions already in the file are skipped (matched by `EvalItem.key`); a last line cut short by
+an interruption is dropped and overwritten. A file whose lines were written by another model
+(`model_id`) or with other settings is never resumed (`ProvenanceError`): one score, one model.
+Answers never depend on how questions are batched, provided `answer_fn` itself gives each row the
+answer it would give alone.
 """
 
 from __future__ import annotations
@@ -53,31 +56,67 @@ def _read_lines(path: Path) -> List[dict]:
     return records
 
 
-def load_answers(path: Path) -> Dict[Key, str]:
-    """key -> answer text of an answers file (empty when the file does not exist)."""
+class ProvenanceError(ValueError):
+    """An answers file holds answers of another model or other settings than this run's."""
+
+
+def load_records(path: Path) -> List[dict]:
+    """The answer records of an answers file, checked (empty when the file does not exist)."""
     path = Path(path)
     if not path.exists():
-        return {}
-    answers = {}
-    for number, record in enumerate(_read_lines(path), start=1):
+        return []
+    records = _read_lines(path)
+    for number, record in enumerate(records, start=1):
         if not isinstance(record, dict) or not {"question_id", "prompt", "text"} <= set(record):
             raise ValueError(
                 f"answers file {path}: record {number} needs question_id, prompt and "
                 f"text, got {record!r:.200}"
             )
-        answers[item_key(record["question_id"], record["prompt"])] = record["text"]
-    return answers
+    return records
 
 
-def answer_record(item: EvalItem, text: str, model_id: str) -> dict:
-    """One line of the answers file, in the reference's layout."""
+def load_answers(path: Path) -> Dict[Key, str]:
+    """key -> answer text of an answers file (empty when the file does not exist)."""
+    return {item_key(r["question_id"], r["prompt"]): r["text"] for r in load_records(path)}
+
+
+def same_model(a, b) -> bool:
+    """Two `model_id`s name the same model: equal, or paths of one directory."""
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and os.path.isdir(a) and os.path.isdir(b):
+        return os.path.samefile(a, b)
+    return False
+
+
+def check_provenance(path: Path, records: Sequence[dict], model_id: str, settings: Optional[dict]) -> None:
+    """ProvenanceError when a record of `path` was written by another model than `model_id`, or
+    (with `settings`) with other answering settings."""
+    for number, record in enumerate(records, start=1):
+        theirs = record.get("model_id")
+        meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        if not same_model(theirs, model_id):
+            why = f"model {theirs!r}; this run's model is {model_id!r}"
+        elif settings is not None and meta.get("settings") != settings:
+            why = f"settings {meta.get('settings')!r}; this run's are {settings!r}"
+        else:
+            continue
+        raise ProvenanceError(
+            f"answers file {path} holds {len(records)} answers; line {number} was written by {why}. Resuming "
+            f"would mix two models' answers in one score: delete the file, pass another --work-dir, or "
+            f"rerun with that model and settings"
+        )
+
+
+def answer_record(item: EvalItem, text: str, model_id: str, settings: Optional[dict] = None) -> dict:
+    """One line of the answers file, in the reference's layout (`settings` into `metadata`)."""
     return {
         "question_id": item.question_id,
         "prompt": item.prompt,
         "text": text,
         "answer_id": uuid.uuid4().hex,
         "model_id": model_id,
-        "metadata": {},
+        "metadata": {"settings": settings} if settings is not None else {},
     }
 
 
@@ -102,6 +141,7 @@ def run_benchmark(
     limit: Optional[int] = None,
     progress: bool = True,
     model_id: str = "llava-mini-jax",
+    settings: Optional[dict] = None,
 ) -> Dict[Key, str]:
     """Answer every item (the first `limit` only, if given) and return key -> answer text.
 
@@ -113,6 +153,10 @@ def run_benchmark(
       limit: only the first `limit` items (in benchmark order) are asked.
       progress: show a tqdm progress bar.
       model_id: written into each answer line.
+      settings: the answering settings (JSON-able), written into each line's metadata.
+
+    Raises:
+      ProvenanceError: the answers file holds lines of another model (or other settings).
     """
     if limit is not None:
         if limit < 0:
@@ -120,7 +164,10 @@ def run_benchmark(
         items = list(items)[:limit]
     answers_path = Path(answers_path)
     answers_path.parent.mkdir(parents=True, exist_ok=True)
-    done = load_answers(answers_path)
+    settings = None if settings is None else json.loads(json.dumps(settings))  # as the file will hold it
+    records = load_records(answers_path)
+    check_provenance(answers_path, records, model_id, settings)
+    done = {item_key(r["question_id"], r["prompt"]): r["text"] for r in records}
     batches = pending_batches(items, done, batch_size)
     bar = None
     if progress:
@@ -138,7 +185,7 @@ def run_benchmark(
                         f"answer_fn must return strings; got {type(text).__name__} for "
                         f"question {item.question_id!r}"
                     )
-                f.write(json.dumps(answer_record(item, text, model_id)) + "\n")
+                f.write(json.dumps(answer_record(item, text, model_id, settings)) + "\n")
                 done[item.key] = text
             f.flush()
             os.fsync(f.fileno())

@@ -73,9 +73,13 @@ def _order(row: Dict) -> Tuple[int, str]:
 
 
 def load(out: Path) -> List[Dict]:
-    """The rows of the table at `out` (none when it does not exist yet)."""
-    _, json_path = table_paths(out)
+    """The rows of the table at `out` (none when it does not exist yet). A markdown file there
+    without its JSON twin is someone else's file: ValueError rather than overwriting it."""
+    md_path, json_path = table_paths(out)
     if not json_path.exists():
+        if md_path.exists():
+            raise ValueError(f"--out {out}: {md_path} exists but is not a results table (no {json_path.name} "
+                             f"beside it); choose another --out rather than overwrite it")
         return []
     data = json.loads(json_path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
