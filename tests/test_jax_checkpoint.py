@@ -1,5 +1,5 @@
 """Our orbax params format: writer/reader round trips, orbax compatibility both ways, and
-`restore_params` (through `load_pretrained`) into shardings and across layer layouts."""
+loading through `load_pretrained` (`JaxSource` + `stream_params`) into shardings and across layer layouts."""
 from __future__ import annotations
 
 import json
@@ -157,7 +157,7 @@ def test_chunk_shape():
     assert np.prod(big) * 2 <= CHUNK_BYTES and big[1] == 4096
 
 
-# -- restore_params through load_pretrained --------------------------------------------------------
+# -- JaxSource + stream_params through load_pretrained --------------------------------------------------
 @pytest.fixture(scope="module")
 def std_jax(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
