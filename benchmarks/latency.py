@@ -75,6 +75,10 @@ CPU_1B = Setting(llm="llama-1b", prompt_tokens=64, decode_batches=(1,), decode_s
 TINY = Setting(llm="tiny", prompt_tokens=8, decode_batches=(1, 2), decode_steps=4, image_batch=2, warmup=1,
                repeats=2, dtype="float32", bandwidth_mib=32, tiny=True)
 PRESETS = {"gpu": FULL, "cpu-1b": CPU_1B}
+PRESET_NOTES = {"cpu-1b": "2-core CPU shared with other engineers' work: one warm-up and two timed repeats, decode "
+                          "at batch 1 only (8 steps), to fit the machine; medians of two runs, so noisy (min_ms "
+                          "beside ms). bandwidth_fraction is against a 512 MiB copy timed on the same loaded "
+                          "machine and can exceed 1."}
 
 
 def latency_config(llm: str, mode: str, tiny: bool):
@@ -392,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     results = run(setting, modes, check_parity=not args.no_parity)
     out = args.out or (default_out("latency", args.tiny) if args.preset == "gpu"
                        else str(RESULTS / f"latency_{args.preset.replace('-', '_')}.json"))
+    command = "python -m benchmarks.latency " + " ".join(sys.argv[1:] if argv is None else argv)
+    extra = {"note": PRESET_NOTES[args.preset]} if args.preset in PRESET_NOTES and not args.tiny else {}
     write_results(None if args.tiny and not args.out else out, "latency", dataclasses.asdict(setting), results,
-                  paper_latency_ms=PAPER_LATENCY_MS, command="python -m benchmarks.latency " + " ".join(argv or sys.argv[1:]))
+                  paper_latency_ms=PAPER_LATENCY_MS, command=command.strip(), **extra)
     return 0
 
 
