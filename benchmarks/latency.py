@@ -22,7 +22,7 @@ GPU. Before timing, a `parity` figure checks that the two compute the same logit
 weights through `params_to_hf`, float32, 1e-4).
 
     python -m benchmarks.latency                 # GPU; benchmarks/results/latency.json
-    python -m benchmarks.latency --preset cpu-1b # CPU, minutes; results/latency_cpu_1b.json
+    python -m benchmarks.latency --preset cpu-1b # CPU, ~17 min on 2 shared cores; results/latency_cpu_1b.json
     python -m benchmarks.latency --tiny          # CPU, seconds (the test suite)
 """
 from __future__ import annotations
