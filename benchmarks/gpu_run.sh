@@ -83,10 +83,10 @@ step() {  # name cap_seconds command...: runs the command under min(cap, what is
 }
 
 if [ $TINY -eq 1 ]; then
-  LATENCY=(-m benchmarks.latency --tiny --no-parity --repeats 1 --decode-steps 2 --decode-batches 1
+  LATENCY=(-m benchmarks.latency --tiny --no-parity --repeats 1 --decode-steps 2 --decode-batches 1 --image-batch 1
            --out "$OUT/latency.json")
   TRAIN=(-m benchmarks.train_step --tiny --out "$OUT/train_step.json")
-  VIDEO=(-m benchmarks.video_memory --tiny --frames 4 --baseline-frames 4 --strategies generate
+  VIDEO=(-m benchmarks.video_memory --tiny --frames 4 --baseline-frames "" --strategies generate
          --out "$OUT/video_memory.json")
   QUANT_FLAGS=(--tiny)
 else
