@@ -11,12 +11,18 @@ Figures, each for both modes and both backends:
 - `images_per_s`: requests (image + prompt -> first token) per second at batch `image_batch`.
 Then ratios: LLaVA-v1.5 / LLaVA-Mini time per backend, PyTorch / JAX time per figure.
 
+Presets: the GPU run (`--llm vicuna-7b|llama-3.1-8b`, bf16, decode at batch 1, 16 and 64;
+`benchmarks/gpu_run.sh` runs it), `--preset cpu-1b` (the 1B-class shape: Llama 16 x 2048 with the
+Llama-3.2-1B vocabulary and tied embeddings, CLIP-L/336; float32, the figure this CPU can give)
+and `--tiny` (the test suite).
+
 The PyTorch side (`torch_reference.py`: HF CLIP and Llama with SDPA, DynamicCache, eager) runs
 first and frees its memory; JAX runs with `XLA_PYTHON_CLIENT_PREALLOCATE=false` so both fit on one
 GPU. Before timing, a `parity` figure checks that the two compute the same logits (tiny model, same
 weights through `params_to_hf`, float32, 1e-4).
 
     python -m benchmarks.latency                 # GPU; benchmarks/results/latency.json
+    python -m benchmarks.latency --preset cpu-1b # CPU, ~17 min on 2 shared cores; results/latency_cpu_1b.json
     python -m benchmarks.latency --tiny          # CPU, seconds (the test suite)
 """
 from __future__ import annotations
@@ -33,9 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import (PAPER_LATENCY_MS, STANDARD, TINY_STANDARD, abstract_param_tree, default_out, emit,
-                    model_config, param_bytes, prompt_ids, random_params_on_device, significant, time_call,
-                    vision_tokens, write_results)
+from benchmarks.common import (PAPER_LATENCY_MS, RESULTS, STANDARD, TINY_STANDARD, abstract_param_tree, default_out,
+                               emit, model_config, param_bytes, prompt_ids, random_params_on_device, significant,
+                               time_call, vision_tokens, write_results)
+from benchmarks.train_step import LLAMA32_1B
+from llava_mini_jax.flops import real_size_config
 from llava_mini_jax.generate import init_kv_cache
 from llava_mini_jax.model import LlavaMini
 
@@ -58,10 +66,27 @@ class Setting:
     tiny: bool = False
 
 
-FULL = Setting(llm="vicuna-7b", prompt_tokens=64, decode_batches=(1, 16), decode_steps=64, image_batch=32,
+FULL = Setting(llm="vicuna-7b", prompt_tokens=64, decode_batches=(1, 16, 64), decode_steps=64, image_batch=32,
                warmup=2, repeats=10, dtype="bfloat16", bandwidth_mib=2048)
+# The 1B-class shape on a CPU: float32 (XLA:CPU and torch both run it natively); batch 1 decode, one
+# warm-up and two timed repeats, to fit a shared 2-core machine.
+CPU_1B = Setting(llm="llama-1b", prompt_tokens=64, decode_batches=(1,), decode_steps=8, image_batch=2, warmup=1,
+                 repeats=2, dtype="float32", bandwidth_mib=512)
 TINY = Setting(llm="tiny", prompt_tokens=8, decode_batches=(1, 2), decode_steps=4, image_batch=2, warmup=1,
                repeats=2, dtype="float32", bandwidth_mib=32, tiny=True)
+PRESETS = {"gpu": FULL, "cpu-1b": CPU_1B}
+PRESET_NOTES = {"cpu-1b": "2-core CPU shared with other engineers' work: one warm-up and two timed repeats, decode "
+                          "at batch 1 only (8 steps), to fit the machine; medians of two runs, so noisy (min_ms "
+                          "beside ms). bandwidth_fraction is against a 512 MiB copy timed on the same loaded "
+                          "machine and can exceed 1."}
+
+
+def latency_config(llm: str, mode: str, tiny: bool):
+    """The model of one run: `llama-1b` (Llama 16 x 2048, vocabulary 128,256, tied embeddings,
+    the training benchmarks' 1B-class shape) + CLIP-L/336, or `common.model_config`'s."""
+    if llm == "llama-1b":
+        return real_size_config(LLAMA32_1B, mode)
+    return model_config(llm, mode, TINY_STANDARD if tiny else STANDARD)
 
 
 def request(cfg, setting: Setting, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +281,7 @@ def parity(modes=MODES) -> dict:
 # -- figures ------------------------------------------------------------------------------------------------------
 def measure(backend: str, mode: str, setting: Setting, bandwidth_gbs: float) -> list[dict]:
     """The ttft / decode / images-per-second figures of one backend and mode."""
-    cfg = model_config(setting.llm, mode, TINY_STANDARD if setting.tiny else STANDARD)
+    cfg = latency_config(setting.llm, mode, setting.tiny)
     runner = RUNNERS[backend](cfg, setting)
     itemsize = jnp.dtype(setting.dtype).itemsize
     tree = abstract_param_tree(LlavaMini(cfg, dtype=jnp.dtype(setting.dtype), param_dtype=jnp.dtype(setting.dtype)))
@@ -331,17 +356,20 @@ def run(setting: Setting, modes=MODES, check_parity: bool = True) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU; seconds")
-    parser.add_argument("--llm", choices=("vicuna-7b", "llama-3.1-8b"), default=None)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu",
+                        help="gpu (default: real size, bf16) or cpu-1b (the 1B-class shape, float32, on CPU)")
+    parser.add_argument("--llm", choices=("vicuna-7b", "llama-3.1-8b", "llama-1b"), default=None)
     parser.add_argument("--backends", default=None, help="comma list of jax,torch (default both)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of baseline,mini")
     parser.add_argument("--image-batch", type=int, default=None)
     parser.add_argument("--decode-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--decode-batches", default=None, help="comma list of decode batch sizes")
     parser.add_argument("--no-parity", action="store_true", help="skip the tiny JAX == PyTorch check")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/latency.json; "
                                                     "none with --tiny)")
     args = parser.parse_args(argv)
-    setting = TINY if args.tiny else FULL
+    setting = TINY if args.tiny else PRESETS[args.preset]
     overrides = {}
     if args.llm and not args.tiny:
         overrides["llm"] = args.llm
@@ -357,12 +385,21 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')} must be >= 1")
             overrides[name] = getattr(args, name)
+    if args.decode_batches:
+        try:
+            overrides["decode_batches"] = tuple(int(b) for b in args.decode_batches.split(",") if b)
+        except ValueError:
+            parser.error(f"--decode-batches: expected a comma list of integers, got {args.decode_batches!r}")
     setting = dataclasses.replace(setting, **overrides)
-    if not args.tiny and jax.default_backend() == "cpu":
-        parser.error("the real-size latency run needs a GPU (use --tiny on CPU)")
+    if not args.tiny and args.preset == "gpu" and jax.default_backend() == "cpu":
+        parser.error("the real-size latency run needs a GPU (use --preset cpu-1b or --tiny on CPU)")
     results = run(setting, modes, check_parity=not args.no_parity)
-    write_results(args.out or default_out("latency", args.tiny), "latency", dataclasses.asdict(setting), results,
-                  paper_latency_ms=PAPER_LATENCY_MS)
+    out = args.out or (default_out("latency", args.tiny) if args.preset == "gpu"
+                       else str(RESULTS / f"latency_{args.preset.replace('-', '_')}.json"))
+    command = "python -m benchmarks.latency " + " ".join(sys.argv[1:] if argv is None else argv)
+    extra = {"note": PRESET_NOTES[args.preset]} if args.preset in PRESET_NOTES and not args.tiny else {}
+    write_results(None if args.tiny and not args.out else out, "latency", dataclasses.asdict(setting), results,
+                  paper_latency_ms=PAPER_LATENCY_MS, command=command.strip(), **extra)
     return 0
 
 

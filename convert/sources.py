@@ -13,27 +13,19 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
-from safetensors import safe_open
-
+from llava_mini_jax import safetensors_io
 from llava_mini_jax.safetensors_io import CheckpointReader, numpy_dtype
 
 Shape = tuple[int, ...]
 
 
 class SafetensorsWeights:
-    """A safetensors checkpoint directory (`CheckpointReader`), dtypes as numpy dtypes.
-
-    The shard's memory map is dropped after every `UNMAP_BYTES` read: mapped pages count as
-    resident memory, and nothing read is needed again, so peak memory does not grow with the
-    shard size.
-    """
-
-    UNMAP_BYTES = 256 << 20
+    """A safetensors checkpoint directory (`CheckpointReader`: headers checked at open, tensors
+    read with `pread`, nothing memory-mapped), dtypes as numpy dtypes."""
 
     def __init__(self, directory: str):
         self.location = directory
         self._reader = CheckpointReader(directory)
-        self._mapped = 0
 
     def names(self) -> list[str]:
         return [name for _, name in self._reader.iter_by_shard()]
@@ -43,36 +35,32 @@ class SafetensorsWeights:
         return shape, numpy_dtype(dtype)
 
     def read(self, name: str) -> np.ndarray:
-        a = self._reader.read(name)
-        self._mapped += a.nbytes
-        if self._mapped >= self.UNMAP_BYTES:
-            self._reader.close()  # reopened (cheaply) by the next read
-            self._mapped = 0
-        return a
+        return self._reader.read(name)
 
     def close(self) -> None:
         self._reader.close()
 
 
 class SafetensorsFile:
-    """One `.safetensors` file (e.g. a stage-1 `mm_projector.safetensors`)."""
+    """One `.safetensors` file (e.g. a stage-1 `mm_projector.safetensors`); a truncated or damaged
+    file is refused at open, naming it and the tensor."""
 
     def __init__(self, path: str):
         self.location = path
-        self._f = safe_open(path, "np").__enter__()
+        self._f = safetensors_io.SafetensorsFile(path)
 
     def names(self) -> list[str]:
-        return list(self._f.keys())
+        return self._f.names()
 
     def shape_dtype(self, name: str) -> tuple[Shape, np.dtype]:
-        sl = self._f.get_slice(name)
-        return tuple(sl.get_shape()), numpy_dtype(sl.get_dtype())
+        shape, dtype = self._f.shape_dtype(name)
+        return shape, numpy_dtype(dtype)
 
     def read(self, name: str) -> np.ndarray:
-        return self._f.get_tensor(name)
+        return self._f.read(name)
 
     def close(self) -> None:
-        self._f.__exit__(None, None, None)
+        self._f.close()
 
 
 def _has(directory: str, pattern: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from .array_file import Box, box_slices, full_box
 from .config import LlavaMiniConfig, projector_layers
 
 Path = tuple[str, ...]
@@ -25,11 +26,118 @@ CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
 
 
 @dataclasses.dataclass(frozen=True)
+class LeafLayout:
+    """How one JAX leaf is cut from its HF tensor `a`, as views only (so a box of the leaf maps to
+    a box of `a`, see `hf_box`):
+
+    1. `part=(j, n)`: block `j` of `n` equal blocks along `a`'s axis 0 (packed q/k/v); else all;
+    2. `perm`: `transpose(perm)` (None: unchanged);
+    3. `split=(axis, heads)`: that axis of the result split into `(heads, size // heads)`.
+    """
+
+    perm: Optional[tuple[int, ...]] = None
+    split: Optional[tuple[int, int]] = None
+    part: Optional[tuple[int, int]] = None
+
+    def _moved_shape(self, hf_shape: tuple) -> list:
+        """The shape after steps 1 and 2."""
+        shape = list(hf_shape)
+        if self.part is not None:
+            j, n = self.part
+            if shape[0] % n:
+                raise ValueError(f"axis 0 of size {shape[0]} does not split into {n} equal parts")
+            shape[0] //= n
+        return [shape[p] for p in self.perm] if self.perm is not None else shape
+
+    def leaf_shape(self, hf_shape: tuple) -> tuple:
+        """The leaf's shape for an HF tensor of `hf_shape` (ValueError when heads do not divide)."""
+        shape = self._moved_shape(tuple(hf_shape))
+        if self.split is not None:
+            ax, heads = self.split
+            if shape[ax] % heads:
+                raise ValueError(f"an axis of size {shape[ax]} does not split into {heads} heads")
+            shape[ax:ax + 1] = [heads, shape[ax] // heads]
+        return tuple(shape)
+
+    def hf_box(self, hf_shape: tuple, box: Box) -> tuple[Box, tuple]:
+        """`(HF box to read, selection)` for `box` of the leaf: `select(read box) [selection]` is
+        the leaf's box. The HF box covers whole heads (a box cutting head_dim reads its heads)."""
+        moved = self._moved_shape(tuple(hf_shape))
+        mbox, sel = [], []
+        k = 0
+        for ax in range(len(moved)):
+            if self.split is not None and ax == self.split[0]:
+                hd = moved[ax] // self.split[1]
+                (h0, h1), (d0, d1) = box[k], box[k + 1]
+                mbox.append((h0 * hd, h1 * hd))
+                sel += [slice(None), slice(d0, d1)]
+                k += 2
+            else:
+                mbox.append(tuple(box[k]))
+                sel.append(slice(None))
+                k += 1
+        perm = self.perm if self.perm is not None else tuple(range(len(moved)))
+        hbox: list = [None] * len(moved)
+        for ax, src in enumerate(perm):
+            hbox[src] = mbox[ax]
+        if self.part is not None:
+            off = self.part[0] * (hf_shape[0] // self.part[1])
+            hbox[0] = (hbox[0][0] + off, hbox[0][1] + off)
+        return tuple(hbox), tuple(sel)
+
+    def select(self, block: np.ndarray, hf_shape: tuple, box: Box, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The leaf's `box` from `block`, the HF box `hf_box` gives: written into `out` (C-contiguous,
+        the box's shape, any dtype: the cast happens in the same copy) or a new array."""
+        _, sel = self.hf_box(hf_shape, box)
+        want = tuple(b - a for a, b in box)
+        if out is None:
+            out = np.empty(want, block.dtype)
+        if out.shape != want:
+            raise ValueError(f"select: out has shape {out.shape}, the box {box} needs {want}")
+        view = block
+        if self.perm is not None:
+            view = view.transpose(self.perm)
+        if self.split is not None:
+            ax, heads = self.split
+            hd = self._moved_shape(tuple(hf_shape))[ax] // heads
+            view = view.reshape(view.shape[:ax] + (-1, hd) + view.shape[ax + 1:])
+        whole = all(s == slice(None) or (s.start, s.stop) == (0, n) for s, n in zip(sel, view.shape))
+        if (whole and block.ndim == 2 and self.perm == (1, 0) and out.flags.c_contiguous
+                and block.size >= _T_MIN_SIZE):
+            _transpose_into(block, out.reshape(block.shape[::-1]))
+        else:
+            np.copyto(out, view[sel], casting="unsafe")
+        return out
+
+    def read(self, read_box: Callable[[Box], np.ndarray], hf_shape: tuple, box: Box,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The leaf's `box`, reading only the HF box behind it through `read_box(hf_box)` (into
+        `out` when given, see `select`)."""
+        return self.select(read_box(self.hf_box(hf_shape, box)[0]), hf_shape, box, out)
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        """The whole leaf of HF tensor `a`."""
+        return self.read(lambda b: a[box_slices(b)], a.shape, full_box(self.leaf_shape(a.shape)))
+
+
+def _transpose_into(a: np.ndarray, out: np.ndarray) -> None:
+    """`out[...] = a.T` for a 2-D `a`, copied in row blocks (several times faster than numpy's one
+    strided copy on large matrices; a dtype cast rides along)."""
+    for i in range(0, a.shape[0], _T_ROWS):
+        out[:, i:i + _T_ROWS] = a[i:i + _T_ROWS].T
+
+
+_T_MIN_SIZE = 1 << 16  # smaller transposes are one numpy copy
+_T_ROWS = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightRule:
     """HF tensor `hf_name` (with `{i}` for the layer) <-> JAX leaves `paths` under `stack`.
 
-    `to_jax(hf_array) -> tuple of arrays` (one per path); `to_hf(tuple of arrays) -> hf_array`.
-    `stack`/`num_layers` are set for per-layer tensors.
+    `to_jax(hf_array) -> tuple of arrays` (one per path, `layouts[j].apply`); `to_hf(tuple of
+    arrays) -> hf_array`. `layouts[j]` says how leaf j is cut from the HF tensor, so a box of a
+    leaf can be read without the rest. `stack`/`num_layers` are set for per-layer tensors.
     """
 
     hf_name: str
@@ -38,73 +146,64 @@ class WeightRule:
     to_hf: Callable[[tuple], np.ndarray]
     stack: Optional[Path] = None
     num_layers: int = 0
+    layouts: tuple[LeafLayout, ...] = ()
 
 
 def _same(path: Path) -> tuple:
-    return ((path,), lambda a: (a,), lambda t: t[0])
+    return ((path,), (LeafLayout(),), lambda t: t[0])
 
 
 def _linear_t(path: Path) -> tuple:
     """HF `[out, in]` <-> ours `[in, out]`."""
-    return ((path,), lambda a: (np.ascontiguousarray(a.T),), lambda t: np.ascontiguousarray(t[0].T))
+    return ((path,), (LeafLayout(perm=(1, 0)),), lambda t: np.ascontiguousarray(t[0].T))
 
 
 def _heads_in(path: Path, heads: int) -> tuple:
     """HF `[heads*hd, in]` <-> ours `[in, heads, hd]`."""
-    def to_jax(a):
-        return (np.ascontiguousarray(a.T).reshape(a.shape[1], heads, a.shape[0] // heads),)
-
     def to_hf(t):
         k = t[0]
         return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
-    return ((path,), to_jax, to_hf)
+    return ((path,), (LeafLayout(perm=(1, 0), split=(1, heads)),), to_hf)
 
 
 def _heads_bias(path: Path, heads: int) -> tuple:
     """HF `[heads*hd]` <-> ours `[heads, hd]`."""
-    return ((path,), lambda a: (a.reshape(heads, -1),), lambda t: t[0].reshape(-1))
+    return ((path,), (LeafLayout(split=(0, heads)),), lambda t: t[0].reshape(-1))
 
 
 def _heads_out(path: Path, heads: int) -> tuple:
     """HF `[out, heads*hd]` <-> ours `[heads, hd, out]`."""
-    def to_jax(a):
-        return (np.ascontiguousarray(a.T).reshape(heads, a.shape[1] // heads, a.shape[0]),)
-
     def to_hf(t):
         k = t[0]
         return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
-    return ((path,), to_jax, to_hf)
+    return ((path,), (LeafLayout(perm=(1, 0), split=(0, heads)),), to_hf)
 
 
 def _packed_in_proj(heads: int) -> tuple:
     """`in_proj_weight [3d, d]` <-> `q_proj/k_proj/v_proj` kernels `[d, heads, d/heads]`."""
     paths = tuple((n, "kernel") for n in ("q_proj", "k_proj", "v_proj"))
 
-    def to_jax(a):
-        d = a.shape[1]
-        return tuple(np.ascontiguousarray(a[j * d:(j + 1) * d].T).reshape(d, heads, d // heads) for j in range(3))
-
     def to_hf(t):
         return np.ascontiguousarray(np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
-    return (paths, to_jax, to_hf)
+    return (paths, tuple(LeafLayout(perm=(1, 0), split=(1, heads), part=(j, 3)) for j in range(3)), to_hf)
 
 
 def _packed_in_bias(heads: int) -> tuple:
     paths = tuple((n, "bias") for n in ("q_proj", "k_proj", "v_proj"))
 
-    def to_jax(a):
-        d = a.shape[0] // 3
-        return tuple(a[j * d:(j + 1) * d].reshape(heads, -1) for j in range(3))
-
     def to_hf(t):
         return np.concatenate([b.reshape(-1) for b in t])
-    return (paths, to_jax, to_hf)
+    return (paths, tuple(LeafLayout(split=(0, heads), part=(j, 3)) for j in range(3)), to_hf)
+
+
+def _apply_all(layouts: tuple) -> Callable[[np.ndarray], tuple]:
+    return lambda a: tuple(layout.apply(a) for layout in layouts)
 
 
 def _rule(hf_name, spec, prefix: Path = (), stack: Optional[Path] = None, num_layers: int = 0) -> WeightRule:
-    paths, to_jax, to_hf = spec
+    paths, layouts, to_hf = spec
     paths = tuple(prefix + path for path in paths)
-    return WeightRule(hf_name, paths, to_jax, to_hf, stack, num_layers)
+    return WeightRule(hf_name, paths, _apply_all(layouts), to_hf, stack, num_layers, layouts)
 
 
 def _llama_layer_rules(hf_prefix: str, stack: Path, n: int, heads: int, kv_heads: int) -> list[WeightRule]:
@@ -128,7 +227,7 @@ def _clip_rules(cfg: LlavaMiniConfig) -> list[WeightRule]:
     rules = [
         _rule(CLIP_PREFIX + "embeddings.class_embedding", _same(("class_embedding",)), top),
         _rule(CLIP_PREFIX + "embeddings.patch_embedding.weight",
-              ((("patch_embedding",),), lambda a: (np.ascontiguousarray(a.transpose(1, 2, 3, 0)),),
+              ((("patch_embedding",),), (LeafLayout(perm=(1, 2, 3, 0)),),
                lambda t: np.ascontiguousarray(t[0].transpose(3, 0, 1, 2))), top),
         _rule(CLIP_PREFIX + "embeddings.position_embedding.weight", _same(("position_embedding",)), top),
     ]

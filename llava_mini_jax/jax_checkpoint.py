@@ -20,10 +20,11 @@ orbax 0.12 writes; `setup.cfg` bounds `orbax-checkpoint` (and `flax`) to `<0.13`
 whose metadata it mimics (`tests/test_jax_checkpoint.py` restores it with orbax itself). `ParamsReader` reads single leaves and layer slices of this
 layout and of orbax's default OCDBT layout (a training `CheckpointManager`'s params item);
 `HFView` reads them under the reference's tensor names. This module is the on-disk format only:
-restoring into a model's shardings is `loading.restore_params`.
+restoring into a model's shardings is `loading.JaxSource` + `loading.stream_params`.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from .array_file import Box, box_slices, full_box, read_block
+
 log = logging.getLogger(__name__)
 
 PARAMS_DIR = "params"
@@ -39,6 +42,7 @@ METADATA_FILE = "_METADATA"
 CHECKPOINT_METADATA_FILE = "_CHECKPOINT_METADATA"
 CHUNK_BYTES = 128 << 20  # largest zarr chunk of an unstacked leaf
 INFLIGHT_BYTES = 256 << 20  # written-but-uncommitted bytes ParamsWriter keeps before waiting
+TENSORSTORE_CACHE_BYTES = 64 << 20  # ParamsReader's tensorstore cache (orbax layouts)
 _PYTREE_HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
 
 Path = tuple[str, ...]
@@ -163,8 +167,15 @@ def _write_json(path: str, obj) -> None:
 
 
 class ParamsReader:
-    """Reads leaves (or single layers of stacked leaves) of an orbax params checkpoint: ours, or
-    orbax's default OCDBT / zarr3 layout."""
+    """Reads leaves, layers of stacked leaves, or boxes of them from an orbax params checkpoint:
+    ours, or orbax's default OCDBT / zarr3 layout.
+
+    Our layout (zarr v2, uncompressed, C order: one raw array file per chunk) is read with
+    `pread`, only the bytes of the requested box (`bytes_read` counts them); other layouts through
+    tensorstore (whole chunks). A damaged checkpoint (a missing or truncated chunk file, unreadable
+    metadata) raises one ValueError / FileNotFoundError naming the directory, the param and the
+    cause.
+    """
 
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
@@ -172,36 +183,143 @@ class ParamsReader:
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} does not exist: {self.directory} is not an orbax params checkpoint "
                                     "(was the conversion interrupted?)")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        self.use_ocdbt = bool(meta.get("use_ocdbt", False))
-        self.use_zarr3 = bool(meta.get("use_zarr3", False))
-        self.paths: list[Path] = [tuple(str(k["key"]) for k in entry["key_metadata"])
-                                  for entry in meta["tree_metadata"].values()
-                                  if not entry.get("value_metadata", {}).get("skip_deserialize")]
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            self.use_ocdbt = bool(meta.get("use_ocdbt", False))
+            self.use_zarr3 = bool(meta.get("use_zarr3", False))
+            self.paths: list[Path] = [tuple(str(k["key"]) for k in entry["key_metadata"])
+                                      for entry in meta["tree_metadata"].values()
+                                      if not entry.get("value_metadata", {}).get("skip_deserialize")]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{meta_path} is damaged (not orbax tree metadata: {type(e).__name__}: {e})") from None
+        self._known = set(self.paths)
         self._stores: dict = {}
+        self._context = None
+        self._raw: dict = {}
+        self.bytes_read = 0
+
+    def _check(self, path: Path) -> None:
+        if path not in self._known:
+            raise KeyError(f"param {leaf_name(path)!r} is not in {self.directory}")
+
+    def _raw_layout(self, path: Path) -> Optional[dict]:
+        """Our zarr v2 layout of a leaf (`shape`, `chunks`, `dtype`), or None when tensorstore must
+        read it (OCDBT, zarr3, compressed or Fortran-ordered chunks)."""
+        if path not in self._raw:
+            self._check(path)
+            layout = None
+            if not (self.use_ocdbt or self.use_zarr3):
+                zpath = os.path.join(self.directory, leaf_name(path), ".zarray")
+                if not os.path.isfile(zpath):
+                    raise FileNotFoundError(f"{self.directory}: param {leaf_name(path)} has no {zpath} (the checkpoint "
+                                            "is incomplete or damaged)")
+                try:
+                    with open(zpath) as f:
+                        z = json.load(f)
+                    dtype = _numpy_dtype(z["dtype"])
+                    raw = (z.get("compressor") is None and not z.get("filters") and z.get("order", "C") == "C"
+                           and dtype.byteorder in "<|=")
+                    layout = dict(shape=tuple(int(d) for d in z["shape"]), chunks=tuple(int(c) for c in z["chunks"]),
+                                  dtype=dtype, sep=z.get("dimension_separator", ".")) if raw else None
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{zpath} is damaged ({type(e).__name__}: {e})") from None
+            self._raw[path] = layout
+        return self._raw[path]
 
     def _store(self, path: Path):
         if path not in self._stores:
             import tensorstore as ts
-            if path not in set(self.paths):
-                raise KeyError(f"param {leaf_name(path)!r} is not in {self.directory}")
+            self._check(path)
             if self.use_ocdbt:
                 kv = {"driver": "ocdbt", "base": f"file://{self.directory}/", "path": leaf_name(path)}
             else:
                 kv = {"driver": "file", "path": os.path.join(self.directory, leaf_name(path))}
             spec = {"driver": "zarr3" if self.use_zarr3 else "zarr", "kvstore": kv, "open": True}
-            self._stores[path] = ts.open(spec).result()
+            if self._context is None:  # shared by the leaves: OCDBT's manifest and tree nodes are read once
+                self._context = ts.Context({"cache_pool": {"total_bytes_limit": TENSORSTORE_CACHE_BYTES}})
+            try:
+                self._stores[path] = ts.open(spec, context=self._context).result()
+            except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError / RuntimeError with long text
+                raise ValueError(f"{self.directory}: param {leaf_name(path)} cannot be opened: {_first_line(e)}") from None
         return self._stores[path]
 
+    def layer_chunked(self, path: Path) -> bool:
+        """True when every chunk of leaf `path` holds at most one index of its leading axis."""
+        raw = self._raw_layout(path)
+        if raw is not None:
+            return raw["chunks"][:1] == (1,)
+        s = self._store(path)
+        return s.rank > 0 and int(s.chunk_layout.read_chunk.shape[0]) == 1
+
     def shape_dtype(self, path: Path) -> tuple[tuple, np.dtype]:
+        raw = self._raw_layout(path)
+        if raw is not None:
+            return raw["shape"], raw["dtype"]
         s = self._store(path)
         return tuple(int(d) for d in s.shape), np.dtype(s.dtype.numpy_dtype)
 
     def read(self, path: Path, layer: Optional[int] = None) -> np.ndarray:
         """Leaf `path` (numpy), or its layer `layer` when stacked."""
-        s = self._store(path)
-        return np.asarray((s if layer is None else s[layer]).read().result())
+        shape, _ = self.shape_dtype(path)
+        if layer is None:
+            return self.read_box(path, None)
+        return self.read_box(path, ((layer, layer + 1),) + tuple((0, n) for n in shape[1:]))[0]
+
+    def read_box(self, path: Path, box: Optional[Box]) -> np.ndarray:
+        """Box `box` (per axis `(start, stop)`; None: all) of leaf `path`."""
+        raw = self._raw_layout(path)
+        if raw is None:
+            s = self._store(path)
+            box = full_box(s.shape) if box is None else box
+            try:
+                out = np.asarray(s[box_slices(box)].read().result())
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"{self.directory}: param {leaf_name(path)} cannot be read: {_first_line(e)}") from None
+            self.bytes_read += out.nbytes
+            return out
+        shape, chunks, dtype = raw["shape"], raw["chunks"], raw["dtype"]
+        box = full_box(shape) if box is None else tuple(box)
+        out = np.empty(tuple(b - a for a, b in box), dtype)
+        if out.size == 0:
+            return out
+        grid = [range(a // c, -(-b // c)) for (a, b), c in zip(box, chunks)]
+        leaf_dir = os.path.join(self.directory, leaf_name(path))
+        for cidx in itertools.product(*grid):
+            lo = [i * c for i, c in zip(cidx, chunks)]
+            sub = tuple((max(a, o), min(b, o + c)) for (a, b), o, c in zip(box, lo, chunks))
+            fname = os.path.join(leaf_dir, raw["sep"].join(str(i) for i in cidx) if cidx else "0")
+            try:
+                fd = os.open(fname, os.O_RDONLY)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self.directory}: param {leaf_name(path)}: chunk file {fname} is missing "
+                                        "(the checkpoint is incomplete or damaged)") from None
+            try:
+                if os.fstat(fd).st_size != int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize:
+                    raise ValueError(f"{self.directory}: param {leaf_name(path)}: chunk file {fname} has "
+                                     f"{os.fstat(fd).st_size} bytes, expected "
+                                     f"{int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize} (truncated or damaged)")
+                block = read_block(fd, 0, chunks, dtype, tuple((a - o, b - o) for (a, b), o in zip(sub, lo)),
+                                   what=f"{self.directory}: param {leaf_name(path)}: chunk {fname}")
+            finally:
+                os.close(fd)
+            out[tuple(slice(a - ba, b - ba) for (a, b), (ba, _) in zip(sub, box))] = block
+            self.bytes_read += block.nbytes
+        return out
+
+
+def _numpy_dtype(zarr_dtype: str) -> np.dtype:
+    """A zarr v2 dtype string (`<f4`, or an ml_dtypes name such as `bfloat16`) as a numpy dtype."""
+    import ml_dtypes
+    if hasattr(ml_dtypes, str(zarr_dtype)):
+        return np.dtype(getattr(ml_dtypes, zarr_dtype))
+    return np.dtype(zarr_dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's text (tensorstore's run to many lines of context)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def stored_scan_layout(paths: Iterable[Path]) -> bool:

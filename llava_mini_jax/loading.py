@@ -1,10 +1,11 @@
 """`load_pretrained`: an HF LLaVA-Mini / LLaVA-v1.5 directory (or our converted one) -> (model, params)."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +15,12 @@ from flax import traverse_util
 
 from . import jax_checkpoint
 from . import quantize as quantization
+from .array_file import Box, full_box, normalize_index
 from .config import BUILTIN_VISION_CONFIGS, ClipVisionConfig, GenerationConfig, LlavaMiniConfig
-from .hf_weights import CLIP_PREFIX, hf_to_params, placements
+from .hf_weights import CLIP_PREFIX, Path, placements
 from .model import LlavaMini
 from .safetensors_io import CheckpointReader
-from .sharding import check_divisible, logical_shardings, place_with_shardings
+from .sharding import check_divisible, logical_shardings
 
 log = logging.getLogger(__name__)
 
@@ -124,103 +126,286 @@ def param_init_fn(model: LlavaMini, shardings=None):
     return jax.jit(lambda rng: init_params(model, rng), out_shardings=shardings)
 
 
-def _shape_tree(boxed) -> dict:
-    return jax.tree.map(lambda x: tuple(x.shape), nn.unbox(boxed))
+# --------------------------------------------------------------------------------------------
+# Sources: `read(path, box) -> numpy block` of one leaf of our params tree.
+# --------------------------------------------------------------------------------------------
+
+class HFSource:
+    """Leaves of our params tree read from the safetensors of an HF directory (and, for CLIP
+    tensors the checkpoint lacks, from the vision tower's directory).
+
+    Opening checks names and shapes (header only): missing, unexpected or mis-shaped tensors
+    raise ValueError listing them. `read(path, box)` reads only the HF bytes behind the box of
+    leaf `path` (`hf_weights.LeafLayout`), in the stored dtype; `bytes_read` counts them.
+    """
+
+    def __init__(self, path: str, cfg: LlavaMiniConfig, shapes: dict, tower_dir: Optional[str] = None):
+        self.path = path
+        self.reader = CheckpointReader(path)
+        have = set(self.reader.names())
+        pls = placements(cfg, any("layers" in p for p in shapes))
+        expected = [pl.hf_name for pl in pls]
+        missing = [n for n in expected if n not in have]
+        self.tower = None
+        if tower_dir is not None and missing and all(n.startswith(CLIP_PREFIX) for n in missing):
+            self.tower = _VisionTower(tower_dir)
+            log.info("checkpoint has no vision tower weights; reading them from %s", tower_dir)
+        elif missing:
+            raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint: {missing[:20]}"
+                             + (" ..." if len(missing) > 20 else ""))
+        unexpected = sorted(n for n in have - set(expected) if not n.endswith(_IGNORED_SUFFIXES))
+        if unexpected:
+            raise ValueError(f"{path}: {len(unexpected)} unexpected tensors (unknown to a {cfg.mode} model with "
+                             f"this config): {unexpected[:20]}" + (" ..." if len(unexpected) > 20 else ""))
+        self._where: dict = {}  # leaf path -> [(hf name, layout, hf shape)] per layer (one for unstacked)
+        hint = "(does config.json match the weights?)"
+        for pl in pls:
+            if pl.hf_name in have:
+                hf_shape = self.reader.shape_dtype(pl.hf_name)[0]
+            else:
+                hf_shape = self.tower.shape(pl.hf_name, path)
+            for leaf, layout in zip(pl.leaves, pl.rule.layouts):
+                try:
+                    got = layout.leaf_shape(hf_shape)
+                except ValueError as e:  # e.g. rows that do not split into the config's heads
+                    raise ValueError(f"{pl.hf_name}: shape {hf_shape} cannot be converted ({e}) {hint}") from e
+                want = tuple(shapes[leaf])
+                if (got if pl.layer is None else (want[0],) + got) != want:
+                    raise ValueError(f"{pl.hf_name}: shape {hf_shape} (as {got}) does not fit param "
+                                     f"{'/'.join(leaf)} of shape {want} {hint}")
+                self._where.setdefault(leaf, []).append((pl.hf_name, layout, hf_shape))
+
+    def read(self, path: Path, box: Box, dtype) -> np.ndarray:
+        """Box `box` of leaf `path` as `dtype` (cast in the same copy that lays it out)."""
+        entries = self._where[path]
+        if len(entries) == 1 and "layers" not in path:
+            return self._read_one(entries[0], box, np.empty(tuple(b - a for a, b in box), dtype))
+        (l0, l1), rest = box[0], tuple(box[1:])
+        out = np.empty(tuple(b - a for a, b in box), dtype)
+        for i in range(l0, l1):
+            self._read_one(entries[i], rest, out[i - l0])
+        return out
+
+    def _read_one(self, entry, box: Box, out: np.ndarray) -> np.ndarray:
+        name, layout, hf_shape = entry
+        if name in self.reader.weight_map:
+            return layout.read(lambda b: self.reader.read_box(name, b), hf_shape, box, out)
+        return layout.read(lambda b: self.tower.read_box(name, b), hf_shape, box, out)
+
+    def layerwise(self, path: Path) -> bool:
+        """Reading one layer of a stacked leaf costs one layer's bytes (one tensor per layer)."""
+        return True
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read + (self.tower.reader.bytes_read if self.tower is not None else 0)
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.tower is not None:
+            self.tower.reader.close()
 
 
-def _vision_fallback(tower_dir: Optional[str]):
-    """Reads CLIP tensors from the tower directory when the checkpoint lacks them."""
-    if tower_dir is None:
-        return None
-    reader = CheckpointReader(tower_dir)
-    names = set(reader.names())
+class _VisionTower:
+    """CLIP tensors under the checkpoint's names (`model.vision_tower.vision_tower.vision_model.*`)
+    read from a CLIP directory (transformers 4 names, or 5's without `vision_model.`)."""
 
-    def read(hf_name: str):
+    def __init__(self, tower_dir: str):
+        self.tower_dir = tower_dir
+        self.reader = CheckpointReader(tower_dir)
+        self._names = set(self.reader.names())
+
+    def _local(self, hf_name: str) -> Optional[str]:
         local = hf_name[len("model.vision_tower.vision_tower."):]  # vision_model.* (transformers 4)
         for candidate in (local, local[len("vision_model."):]):  # transformers 5 drops the prefix
-            if candidate in names:
-                return reader.read(candidate)
+            if candidate in self._names:
+                return candidate
         return None
-    return read
+
+    def shape(self, hf_name: str, checkpoint: str) -> tuple:
+        local = self._local(hf_name)
+        if local is None:
+            raise ValueError(f"{hf_name} is neither in {checkpoint} nor in the vision tower at {self.tower_dir}")
+        return self.reader.shape_dtype(local)[0]
+
+    def read_box(self, hf_name: str, box: Box) -> np.ndarray:
+        return self.reader.read_box(self._local(hf_name), box)
 
 
-def read_hf_params(path: str, cfg: LlavaMiniConfig, shapes: dict, dtype, tower_dir: Optional[str] = None) -> dict:
-    """Params (numpy, `dtype`) from the safetensors of an HF directory; errors list every bad key."""
-    reader = CheckpointReader(path)
-    have = set(reader.names())
-    expected = [pl.hf_name for pl in placements(cfg)]
-    missing = [n for n in expected if n not in have]
-    fallback = _vision_fallback(tower_dir)
-    if fallback is not None and missing and all(n.startswith(CLIP_PREFIX) for n in missing):
-        log.info("checkpoint has no vision tower weights; reading them from %s", tower_dir)
-    elif missing:
-        raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint: {missing[:20]}"
-                         + (" ..." if len(missing) > 20 else ""))
-    unexpected = sorted(n for n in have - set(expected) if not n.endswith(_IGNORED_SUFFIXES))
-    if unexpected:
-        raise ValueError(f"{path}: {len(unexpected)} unexpected tensors (unknown to a {cfg.mode} model with this "
-                         f"config): {unexpected[:20]}" + (" ..." if len(unexpected) > 20 else ""))
-    missing = set(missing)
+class JaxSource:
+    """Leaves of our params tree read from a JAX checkpoint's `params/` (`jax_checkpoint.ParamsReader`),
+    in the stored layer layout or the other one (`layers` stacked vs `layers_{i}`), one layer at a
+    time either way. Opening checks that every leaf is stored with its shape."""
 
-    def read(name):
-        if name in missing:
-            a = fallback(name)
-            if a is None:
-                raise ValueError(f"{name} is neither in {path} nor in the vision tower at {tower_dir}")
-            return a
-        return reader.read(name)
-    try:
-        return hf_to_params(read, cfg, shapes, dtype=dtype)
-    finally:
-        reader.close()
+    def __init__(self, directory: str, shapes: dict, cfg: LlavaMiniConfig):
+        self.reader = jax_checkpoint.ParamsReader(directory)
+        stored = set(self.reader.paths)
+        self.restack = set(shapes) != stored
+        if self.restack:
+            log.info("%s stores the other layer layout; restacking layer by layer", directory)
+        problems = []
+        for path, shape in shapes.items():
+            try:
+                got = self._stored_shape(path, shape, stored)
+            except KeyError as e:
+                problems.append(str(e.args[0]))
+                continue
+            if got != tuple(shape):
+                raise ValueError(f"{directory}: param {jax_checkpoint.leaf_name(path)} has shape {got}, but "
+                                 f"config.json gives {tuple(shape)} (does config.json match the params?)")
+        if problems:
+            raise ValueError(f"{directory} does not hold the params of this config.json ({cfg.mode} model): "
+                             f"{len(problems)} params missing: {problems[:10]}")
 
+    def _stored_shape(self, path: Path, shape: tuple, stored: set) -> tuple:
+        if path in stored:
+            return tuple(self.reader.shape_dtype(path)[0])
+        k = _layer_key(path)
+        if k is not None and path[k] == "layers":  # model stacked, checkpoint per layer
+            leaves = [path[:k] + (f"layers_{i}",) + path[k + 1:] for i in range(shape[0])]
+            if not all(p in stored for p in leaves) or path[:k] + (f"layers_{shape[0]}",) + path[k + 1:] in stored:
+                raise KeyError(jax_checkpoint.leaf_name(path))
+            return (shape[0],) + tuple(self.reader.shape_dtype(leaves[0])[0])
+        if k is not None:  # model per layer, checkpoint stacked
+            stacked = path[:k] + ("layers",) + path[k + 1:]
+            if stacked not in stored:
+                raise KeyError(jax_checkpoint.leaf_name(path))
+            full = tuple(self.reader.shape_dtype(stacked)[0])
+            if int(path[k][len("layers_"):]) >= full[0]:
+                raise KeyError(jax_checkpoint.leaf_name(path))
+            return full[1:]
+        raise KeyError(jax_checkpoint.leaf_name(path))
+
+    def read(self, path: Path, box: Box, dtype) -> np.ndarray:
+        """Box `box` of leaf `path` as `dtype`."""
+        return self._read(path, box).astype(dtype, copy=False)
+
+    def _read(self, path: Path, box: Box) -> np.ndarray:
+        if not self.restack or path in self._paths:
+            return self.reader.read_box(path, box)
+        k = _layer_key(path)
+        if path[k] == "layers":
+            (l0, l1), rest = box[0], tuple(box[1:])
+            return np.stack([self.reader.read_box(path[:k] + (f"layers_{i}",) + path[k + 1:], rest)
+                             for i in range(l0, l1)])
+        i = int(path[k][len("layers_"):])
+        return self.reader.read_box(path[:k] + ("layers",) + path[k + 1:], ((i, i + 1),) + tuple(box))[0]
+
+    def layerwise(self, path: Path) -> bool:
+        """Reading one layer costs one layer's bytes: stored per layer, or stacked in chunks of one
+        layer (orbax's own chunks of a training checkpoint may hold every layer of a shard)."""
+        return path not in self._paths or self.reader.layer_chunked(path)
+
+    @property
+    def _paths(self) -> set:
+        return self.reader._known
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read
+
+    def close(self) -> None:
+        pass
+
+
+def _layer_key(path: Path) -> Optional[int]:
+    """Index of the `layers` / `layers_{i}` key of a leaf path, or None."""
+    for k, key in enumerate(path):
+        if key == "layers" or (key.startswith("layers_") and key[len("layers_"):].isdigit()):
+            return k
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming leaves into their shardings.
+# --------------------------------------------------------------------------------------------
 
 def target_shardings(boxed, mesh=None, shardings=None):
     """Params-shaped tree of shardings: `shardings` as given, else from the logical rules over
-    `mesh` (checking that every sharded dimension divides), else the default device."""
+    `mesh` (checking that every sharded dimension divides), else None (the default device,
+    uncommitted)."""
     if shardings is not None:
         return shardings
     if mesh is not None:
         check_divisible(boxed, mesh)
         return logical_shardings(boxed, mesh)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda _: device, nn.unbox(boxed))
+    return None
 
 
-def restore_params(path: str, cfg: LlavaMiniConfig, boxed, dtype, shardings) -> dict:
-    """Params of a JAX checkpoint directory (`path/params`, see `jax_checkpoint`) as jax arrays of
-    `dtype`, each leaf read straight into its sharding (each device reads only its slice).
+# A stacked leaf larger than this (in the target dtype) is built one layer at a time; smaller ones
+# are read whole (no device-side assembly to compile), which bounds the host staging by it.
+LAYERWISE_BYTES = 256 << 20
 
-    `boxed` is the model's abstract (logically partitioned) params tree, `shardings` a tree of the
-    same structure. A checkpoint stored in the other layer layout (scanned vs `scan_layers=False`)
-    is restacked on the host (the whole model passes through host memory once).
+
+def stream_params(source, boxed, shardings, dtype, layerwise_bytes: Optional[int] = None) -> dict:
+    """The params tree (jax arrays of `dtype`) built leaf by leaf from `source.read(path, box, dtype)`.
+
+    `boxed`: the model's abstract params tree; `shardings`: a tree of the same structure (None:
+    the default device). Each leaf goes straight into its sharding: `source.read` is asked only
+    for the boxes this process's devices hold (once per distinct box), and a stacked (`layers`)
+    leaf larger than `layerwise_bytes` (default `LAYERWISE_BYTES`) for which
+    `source.layerwise(path)` is built one layer at a time into a donated device buffer, so host
+    memory holds at most one layer's blocks of one leaf (or one leaf up to `layerwise_bytes`)
+    beyond what the devices hold.
     """
-    import orbax.checkpoint as ocp
-    pdir = os.path.join(os.fspath(path), jax_checkpoint.PARAMS_DIR)
-    reader = jax_checkpoint.ParamsReader(pdir)
-    want = traverse_util.flatten_dict(nn.unbox(boxed))
-    target = traverse_util.flatten_dict(shardings)
-    if set(reader.paths) != set(want):
-        return _restore_other_layout(reader, cfg, want, target, dtype)
-    for p, sds in want.items():
-        shape, _ = reader.shape_dtype(p)
-        if shape != tuple(sds.shape):
-            raise ValueError(f"{pdir}: param {jax_checkpoint.leaf_name(p)} has shape {shape}, but config.json "
-                             f"gives {tuple(sds.shape)} (does config.json match the params?)")
-    args = traverse_util.unflatten_dict({p: ocp.ArrayRestoreArgs(sharding=target[p], dtype=dtype,
-                                                                 global_shape=tuple(want[p].shape)) for p in want})
-    log.info("restoring %d params from %s", len(want), pdir)
-    return ocp.PyTreeCheckpointer().restore(pdir, args=ocp.args.PyTreeRestore(restore_args=args))
+    limit = LAYERWISE_BYTES if layerwise_bytes is None else layerwise_bytes
+    dtype = np.dtype(jnp.dtype(dtype))
+    abstract = traverse_util.flatten_dict(nn.unbox(boxed))
+    targets = traverse_util.flatten_dict(shardings) if shardings is not None else dict.fromkeys(abstract)
+    out = {}
+    for path, sds in abstract.items():
+        k = _layer_key(path)
+        big = int(np.prod(sds.shape, dtype=np.int64)) * dtype.itemsize > limit
+        out[path] = _stream_leaf(functools.partial(source.read, path), tuple(sds.shape), targets[path], dtype,
+                                 stacked=big and k is not None and path[k] == "layers" and source.layerwise(path))
+    return traverse_util.unflatten_dict(out)
 
 
-def _restore_other_layout(reader, cfg: LlavaMiniConfig, want: dict, target: dict, dtype) -> dict:
-    """Restacks (or unstacks) a checkpoint whose layer layout differs from the model's."""
-    view = jax_checkpoint.HFView(reader, cfg)  # raises when the leaves fit neither layout
-    log.info("%s stores scan_layers=%s; converting to the model's layout on the host", reader.directory,
-             view.scan_layers)
-    shapes = traverse_util.unflatten_dict({p: tuple(s.shape) for p, s in want.items()})
-    params = hf_to_params(view.read, cfg, shapes, dtype=np.dtype(jnp.dtype(dtype)))
-    return place_with_shardings(params, traverse_util.unflatten_dict(target), dtype)
+def _stream_leaf(read, shape: tuple, sharding, dtype: np.dtype, stacked: bool):
+    layer_sharding = _layer_sharding(sharding) if stacked and len(shape) > 1 and shape[0] > 1 else False
+    if layer_sharding is False:
+        return _put(read, shape, sharding, dtype)
+    buf = jnp.zeros(shape, dtype) if sharding is None else jnp.zeros(shape, dtype, device=sharding)
+    set_layer = _layer_setter(sharding)
+    for i in range(shape[0]):
+        layer = _put(lambda box, dt, i=i: read(((i, i + 1),) + tuple(box), dt)[0], shape[1:], layer_sharding, dtype)
+        buf = set_layer(buf, layer, i)
+    return buf
+
+
+def _put(read, shape: tuple, sharding, dtype: np.dtype):
+    """One array of `shape` in `sharding` (None: default device) from `read(box, dtype)`, each
+    distinct box of this process's devices read once."""
+    if sharding is None:
+        return jnp.asarray(read(full_box(shape), dtype))
+    blocks: dict = {}
+
+    def block(index):
+        box = normalize_index(index, shape)
+        if box not in blocks:
+            blocks[box] = read(box, dtype)
+        return blocks[box]
+    return jax.make_array_from_callback(shape, sharding, block)
+
+
+def _layer_sharding(sharding):
+    """The sharding of one layer of a stacked leaf in `sharding`, or False when the layer axis is
+    itself sharded (the leaf is then read whole per device)."""
+    if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    if isinstance(sharding, jax.sharding.NamedSharding) and (not sharding.spec or sharding.spec[0] is None):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_setter(sharding):
+    """Jitted `(buffer, layer, i) -> buffer with layer i replaced`, the buffer donated."""
+    def set_layer(buf, layer, i):
+        return jax.lax.dynamic_update_index_in_dim(buf, layer.astype(buf.dtype), i, 0)
+    if sharding is None:
+        return jax.jit(set_layer, donate_argnums=0)
+    return jax.jit(set_layer, donate_argnums=0, out_shardings=sharding)
 
 
 def load_quantized(path: str, model: LlavaMini, quantize, mesh, shardings, load_float) -> tuple[LlavaMini, dict]:
@@ -236,8 +421,11 @@ def load_quantized(path: str, model: LlavaMini, quantize, mesh, shardings, load_
                          "float tree)")
     qmodel = quantization.quantize_model(model, stored or config)
     boxed = abstract_params(qmodel)
-    target = target_shardings(boxed) if mesh is None else quantization.fit_shardings(logical_shardings(boxed, mesh),
-                                                                                       boxed)
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda _: device, nn.unbox(boxed))
+    else:
+        target = quantization.fit_shardings(logical_shardings(boxed, mesh), boxed)
     if stored is not None:
         return qmodel, quantization.restore_quantized(os.path.join(path, jax_checkpoint.PARAMS_DIR), boxed, target)
     return qmodel, quantization.quantize_params(load_float(), boxed, target, consume=True)
@@ -284,9 +472,15 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float32, compute_dtype=No
             path, dtype, compute_dtype, mesh=mesh, scan_layers=scan_layers, remat_policy=remat_policy,
             video_chunk_size=video_chunk_size, **config_overrides)[1])
     boxed = abstract_params(model)
+    targets = target_shardings(boxed, mesh, shardings)
+    shapes = {p: tuple(s.shape) for p, s in traverse_util.flatten_dict(nn.unbox(boxed)).items()}
     if jax_checkpoint.is_jax_checkpoint(path):
-        return model, restore_params(path, cfg, boxed, dtype, target_shardings(boxed, mesh, shardings))
-    params = read_hf_params(path, cfg, _shape_tree(boxed), np.dtype(jnp.dtype(dtype)), tower_dir)
-    if mesh is None and shardings is None:
-        return model, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-    return model, place_with_shardings(params, target_shardings(boxed, mesh, shardings), dtype)
+        source = JaxSource(os.path.join(path, jax_checkpoint.PARAMS_DIR), shapes, cfg)
+    else:
+        source = HFSource(path, cfg, shapes, tower_dir)
+    try:
+        params = stream_params(source, boxed, targets, dtype)
+    finally:
+        source.close()
+    log.info("loaded %s: read %.3f GB", path, source.bytes_read / 1e9)
+    return model, params

@@ -1,9 +1,16 @@
 """Tensor-by-tensor access to a (possibly sharded) safetensors checkpoint directory.
 
 `CheckpointReader` opens `model.safetensors.index.json` (sharded) or a single `*.safetensors`
-file and reads one tensor at a time (memory-mapped), so a 19 GB checkpoint never sits in memory.
-`SafetensorsWriter` is the other direction: one file, written tensor by tensor from a declared
-list of names, shapes and dtypes.
+file; `SafetensorsFile` is one file. Headers are parsed and checked when a reader opens, so a
+truncated or damaged file is refused with its name and the first tensor it cuts. Tensors, or
+boxes of them (`read_box`: only the bytes of the box), are read with `pread` (`array_file`), not
+memory-mapped, so a 19 GB checkpoint never sits in memory, not even as mapped pages.
+`bytes_read` counts what was read. `SafetensorsWriter` is the other direction: one file, written
+tensor by tensor from a declared list of names, shapes and dtypes.
+
+The format (safetensors' own specification): 8 bytes little-endian header length N, N bytes of
+JSON `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the
+data, offsets relative to its start, each tensor C-order little-endian.
 """
 from __future__ import annotations
 
@@ -13,21 +20,122 @@ from typing import Iterator, Optional
 
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+
+from .array_file import Box, read_block
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+
+
+class SafetensorsFile:
+    """One `.safetensors` file: `names()`, `shape_dtype(name)`, `read(name)`, `read_box(name, box)`.
+
+    The header is checked when opened: a file too short for its header, a header that is not
+    JSON, a tensor whose byte range does not match its shape, or one that ends past the end of
+    the file (truncated) raises ValueError naming the file (and the tensor).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"safetensors file {self.path} does not exist")
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{self.path}: {size} bytes, too short for a safetensors file (truncated?)")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"{self.path}: the header length field says {n} bytes but the file has {size - 8} "
+                                 "after it (truncated, or not a safetensors file)")
+            raw = f.read(n)
+        try:
+            header = json.loads(raw)
+            if not isinstance(header, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise ValueError(f"{self.path}: the safetensors header is not valid JSON ({e}); the file is damaged "
+                             "or not a safetensors file") from e
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + n
+        self.size = size
+        self._tensors: dict = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (begin, end) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{self.path}: tensor {name!r} has a malformed header entry {e!r}") from err
+            itemsize = _ST_DTYPES[dtype].itemsize if dtype in _ST_DTYPES else None
+            if itemsize is not None and end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+                raise ValueError(f"{self.path}: tensor {name!r} declares shape {shape} {dtype} but {end - begin} bytes")
+            self._tensors[name] = (dtype, shape, int(begin), int(end))
+        cut = sorted((begin, name) for name, (_, _, begin, end) in self._tensors.items()
+                     if self.data_start + end > size)
+        if cut:
+            name = cut[0][1]
+            raise ValueError(f"{self.path}: truncated: tensor {name!r} ends at byte "
+                             f"{self.data_start + self._tensors[name][3]} but the file has {size} bytes"
+                             + (f" ({len(cut) - 1} more tensors after it are cut too)" if len(cut) > 1 else ""))
+        self._fd: Optional[int] = None
+        self.bytes_read = 0
+
+    def names(self) -> list[str]:
+        """Tensor names in storage order."""
+        return sorted(self._tensors, key=lambda k: self._tensors[k][2])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def shape_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
+        """`(shape, safetensors dtype name)`, e.g. `((4096, 4096), "BF16")`."""
+        dtype, shape, _, _ = self._entry(name)
+        return shape, dtype
+
+    def _entry(self, name: str):
+        if name not in self._tensors:
+            raise KeyError(f"tensor {name!r} is not in {self.path}")
+        return self._tensors[name]
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor (numpy, its stored dtype)."""
+        return self.read_box(name, None)
+
+    def read_box(self, name: str, box: Optional[Box]) -> np.ndarray:
+        """Box `box` (per axis `(start, stop)`; None: all) of tensor `name`, reading only its bytes."""
+        dtype, shape, begin, _ = self._entry(name)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        out = read_block(self._fd, self.data_start + begin, shape, numpy_dtype(dtype), box,
+                         what=f"{self.path}: tensor {name!r}")
+        self.bytes_read += out.nbytes
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class CheckpointReader:
-    """Reads tensors by HF name from the safetensors files of `directory`."""
+    """Reads tensors by HF name from the safetensors files of `directory` (every shard's header is
+    checked when it opens; at most one file is open at a time)."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         index = os.path.join(self.directory, INDEX_NAME)
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{index} is not a safetensors index (JSON with a 'weight_map'): {e}") from e
             missing = sorted({s for s in weight_map.values() if not os.path.exists(os.path.join(self.directory, s))})
             if missing:
                 raise FileNotFoundError(f"{index} names shard(s) that do not exist in {self.directory}: {missing}")
@@ -40,43 +148,64 @@ class CheckpointReader:
                 raise FileNotFoundError(f"{len(files)} safetensors files but no {INDEX_NAME} in {self.directory}")
             files = [SINGLE_NAME] if SINGLE_NAME in files else files
             self.weight_map = {}
-            with safe_open(os.path.join(self.directory, files[0]), "np") as f:
-                for k in f.keys():
-                    self.weight_map[k] = files[0]
+        self._files = {s: SafetensorsFile(os.path.join(self.directory, s))
+                       for s in sorted(set(self.weight_map.values())) or files}
+        if not self.weight_map:
+            (shard, f), = self._files.items()
+            self.weight_map = {k: shard for k in f.names()}
+        for name, shard in self.weight_map.items():
+            if name not in self._files[shard]:
+                raise ValueError(f"{index} maps tensor {name!r} to {shard}, whose header does not have it "
+                                 "(a damaged or mismatched shard)")
         self._open: dict = {}
 
     @property
     def shard_files(self) -> list[str]:
         return sorted(set(self.weight_map.values()))
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of tensor data read so far (all shards)."""
+        return sum(f.bytes_read for f in self._files.values())
+
     def names(self) -> list[str]:
         return list(self.weight_map)
 
-    def _handle(self, shard: str):
+    def _handle(self, name: str) -> SafetensorsFile:
+        if name not in self.weight_map:
+            raise KeyError(f"tensor {name!r} is not in the checkpoint {self.directory}")
+        shard = self.weight_map[name]
         if shard not in self._open:
-            self.close()  # keep one shard mapped at a time
-            self._open[shard] = safe_open(os.path.join(self.directory, shard), "np").__enter__()
+            self.close()  # keep one shard open at a time
+            self._open[shard] = self._files[shard]
         return self._open[shard]
 
     def read(self, name: str) -> np.ndarray:
-        if name not in self.weight_map:
-            raise KeyError(f"tensor {name!r} is not in the checkpoint {self.directory}")
-        return self._handle(self.weight_map[name]).get_tensor(name)
+        return self._handle(name).read(name)
+
+    def read_box(self, name: str, box: Optional[Box]) -> np.ndarray:
+        """Box `box` of tensor `name` (`SafetensorsFile.read_box`)."""
+        return self._handle(name).read_box(name, box)
 
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
-        sl = self._handle(self.weight_map[name]).get_slice(name)
-        return tuple(sl.get_shape()), sl.get_dtype()
+        if name not in self.weight_map:
+            raise KeyError(f"tensor {name!r} is not in the checkpoint {self.directory}")
+        return self._files[self.weight_map[name]].shape_dtype(name)
+
+    def file_of(self, name: str) -> str:
+        """The path of the file that holds tensor `name`."""
+        return os.path.join(self.directory, self.weight_map[name])
 
     def iter_by_shard(self) -> Iterator[tuple[str, str]]:
-        """`(shard, name)` pairs grouped by shard, so each shard is mapped once."""
+        """`(shard, name)` pairs grouped by shard, in storage order."""
         for shard in self.shard_files:
-            for name, s in self.weight_map.items():
-                if s == shard:
+            for name in self._files[shard].names():
+                if self.weight_map.get(name) == shard:
                     yield shard, name
 
     def close(self) -> None:
-        for h in self._open.values():
-            h.__exit__(None, None, None)
+        for f in self._open.values():
+            f.close()
         self._open.clear()
 
     def __enter__(self):

@@ -35,12 +35,12 @@ import dataclasses
 import os
 from typing import Optional, Sequence, Union
 
-import av
 import numpy as np
 from PIL import Image
 
 from llava_mini_jax.image_processing import (DEFAULT_CONFIG, ImageProcessorConfig, clip_preprocess, resize_and_crop,
                                              split_image)
+from llava_mini_jax.optional_deps import require
 
 PathLike = Union[str, os.PathLike]
 
@@ -126,10 +126,16 @@ def frame_indices(
     return get_seq_frames(total_frames, num_frames_for_rule(total_frames, fps, rule, max_frames))
 
 
+def _av():
+    """PyAV, imported on first use (`import llava_mini_jax` works without it)."""
+    return require("av", "video decoding (llava_mini_jax.video)")
+
+
 def _open(path: PathLike):
     """Opens a container with clear errors; returns (container, first video stream)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video file not found: {str(path)!r}")
+    av = _av()
     try:
         container = av.open(os.fspath(path))
     except av.FFmpegError as e:
@@ -144,6 +150,7 @@ def _open(path: PathLike):
 
 def _decoded_frames(container, stream, path: PathLike):
     """Yields the decoded frames in presentation order, mapping FFmpeg errors to ValueError."""
+    av = _av()
     try:
         yield from container.decode(stream)
     except av.FFmpegError as e:

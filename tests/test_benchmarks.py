@@ -105,6 +105,23 @@ def test_latency_tiny(capsys, tmp_path):
     assert len(by_figure(lines, "baseline_over_mini")) == 8 and len(by_figure(lines, "torch_over_jax")) == 8
 
 
+def test_latency_presets(capsys):
+    """`--preset cpu-1b` is the training benchmarks' 1B-class shape (Llama 16 x 2048, Llama-3.2's
+    vocabulary, tied embeddings) on CLIP-L/336; the real-size preset refuses a CPU; bad decode batches
+    are named."""
+    latency = bench("latency")
+    cfg = latency.latency_config("llama-1b", "baseline", False)
+    assert (cfg.llm.num_layers, cfg.llm.hidden_size, cfg.llm.vocab_size, cfg.llm.tie_word_embeddings) == (
+        16, 2048, 128256, True)
+    assert (cfg.vision.image_size, cfg.vision.num_layers, cfg.mode) == (336, 24, "baseline")
+    assert latency.PRESETS["cpu-1b"].llm == "llama-1b" and latency.PRESETS["gpu"].decode_batches == (1, 16, 64)
+    for argv, message in ((["--preset", "gpu"], "needs a GPU"), (["--tiny", "--decode-batches", "1,x"],
+                                                                 "--decode-batches: expected a comma list")):
+        with pytest.raises(SystemExit):
+            latency.main(argv)
+        assert message in capsys.readouterr().err
+
+
 def test_torch_reference_equals_jax_logits():
     """The parity figure the latency run starts with: same weights (through params_to_hf), O(1)
     activations, float32, both modes; logits within 1e-4."""

@@ -29,6 +29,29 @@ def test_missing_shard(tmp_path):
         convert_hf_to_jax(src, tmp_path / "out")
 
 
+def test_truncated_shard_names_file_and_tensor(tmp_path):
+    src = make_source(tmp_path, hf_tensors(FIXTURES / "std" / "hf"), std_config(), max_bytes=300_000)
+    shard = os.path.join(src, "model-00003-of-00004.safetensors")
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:
+        f.write(data[:-1000])
+    with pytest.raises(ValueError, match=r"model-00003-of-00004.safetensors: truncated: tensor '[\w.]+' ends at "
+                                         r"byte \d+ but the file has \d+ bytes"):
+        convert_hf_to_jax(src, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out") and not leftovers(tmp_path)
+
+
+def test_truncated_single_weights_file_is_named(tmp_path):
+    path = tmp_path / "mm_projector.safetensors"
+    with SafetensorsWriter(path, [("model.mm_projector.0.weight", (4, 4), np.float32)]) as w:
+        w.add("model.mm_projector.0.weight", np.ones((4, 4), np.float32))
+    assert sources.open_weights(str(path)).read("model.mm_projector.0.weight").sum() == 16
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"mm_projector.safetensors: truncated: tensor 'model.mm_projector.0.weight'"):
+        sources.open_weights(str(path))
+
+
 @pytest.mark.parametrize("change,message", [
     ("unknown", r"1 unknown tensors \(not part of this model\): \['model.extra.weight'\]"),
     ("missing", r"1 tensors missing: \['model.layers.1.mlp.up_proj.weight'\]"),

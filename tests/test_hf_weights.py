@@ -149,3 +149,49 @@ def test_dtype_cast():
     params = hf_to_params(tensors.__getitem__, cfg, shapes, dtype=np.float16)
     assert {a.dtype for a in jax.tree.leaves(params)} == {np.dtype(np.float16)}
     np.testing.assert_array_equal(params["llm"]["norm"]["scale"], tensors["model.norm.weight"].astype(np.float16))
+
+
+def _box_cases(shape, rng, n=6):
+    """Boxes over `shape`: the whole leaf, halves and quarters along each axis (as a mesh cuts it),
+    and random ranges."""
+    boxes = [tuple((0, s) for s in shape)]
+    for ax, size in enumerate(shape):
+        for parts in (2, 4):
+            if size % parts == 0 and size > 1:
+                k = size // parts
+                boxes += [tuple((j * k, (j + 1) * k) if a == ax else (0, s) for a, s in enumerate(shape))
+                          for j in range(parts)]
+    for _ in range(n):
+        box = []
+        for s in shape:
+            a = int(rng.integers(0, s))
+            box.append((a, int(rng.integers(a + 1, s + 1))))
+        boxes.append(tuple(box))
+    return boxes
+
+
+@pytest.mark.parametrize("name", ["hd", "baseline"])
+def test_leaf_boxes_read_through_layouts_match_the_whole_leaf(name):
+    """`LeafLayout.read` of any box of a leaf equals that box of `to_jax`, and reads only the HF
+    bytes behind it (whole heads: a box that keeps head_dim whole reads exactly its own size)."""
+    cfg, _, tensors = _setup(name, False)
+    rng = np.random.default_rng(0)
+    for rule in weight_rules(cfg):
+        a = tensors[rule.hf_name.format(i=0)]
+        leaves = rule.to_jax(a)
+        assert len(rule.layouts) == len(leaves)
+        for layout, leaf in zip(rule.layouts, leaves):
+            assert layout.leaf_shape(a.shape) == leaf.shape
+            for box in _box_cases(leaf.shape, rng):
+                reads = []
+
+                def read_box(b):
+                    reads.append(b)
+                    return a[tuple(slice(s, e) for s, e in b)]
+                got = layout.read(read_box, a.shape, box)
+                want = leaf[tuple(slice(s, e) for s, e in box)]
+                np.testing.assert_array_equal(got, want, err_msg=f"{rule.hf_name} {box}")
+                assert got.flags.c_contiguous
+                read = int(np.prod([e - s for s, e in reads[0]]))
+                if layout.split is None or box[layout.split[0] + 1] == (0, leaf.shape[layout.split[0] + 1]):
+                    assert read == want.size, (rule.hf_name, box)

@@ -1,5 +1,5 @@
 """Our orbax params format: writer/reader round trips, orbax compatibility both ways, and
-`restore_params` (through `load_pretrained`) into shardings and across layer layouts."""
+loading through `load_pretrained` (`JaxSource` + `stream_params`) into shardings and across layer layouts."""
 from __future__ import annotations
 
 import json
@@ -97,6 +97,39 @@ def test_reader_reads_orbax_saved_checkpoints(tmp_path):
     assert r.read(("enc", "layers", "w"), 2).tobytes() == tree[("enc", "layers", "w")][2].tobytes()
 
 
+def _boxes(shape):
+    halves = [tuple((j * (n // 2), (j + 1) * (n // 2)) if a == ax else (0, m) for a, m in enumerate(shape))
+              for ax, n in enumerate(shape) if n % 2 == 0 for j in range(2)]
+    return [tuple((0, n) for n in shape), tuple((1, n) for n in shape)] + halves
+
+
+def test_read_box_of_our_layout_reads_only_the_box(tmp_path, monkeypatch):
+    """Boxes across several chunks per axis (chunks forced small) read exactly their bytes."""
+    monkeypatch.setattr("llava_mini_jax.jax_checkpoint.CHUNK_BYTES", 12)
+    tree = _tree(np.dtype(np.float32))
+    _write(tmp_path / "p", tree)
+    assert json.loads((tmp_path / "p" / "head" / ".zarray").read_text())["chunks"] == [1, 1, 1, 3]  # edge chunks padded
+    r = ParamsReader(tmp_path / "p")
+    for p, a in tree.items():
+        for box in _boxes(a.shape):
+            before = r.bytes_read
+            got = r.read_box(p, box)
+            want = a[tuple(slice(s, e) for s, e in box)]
+            assert got.tobytes() == want.tobytes(), (p, box)
+            assert r.bytes_read - before == want.nbytes
+
+
+def test_read_box_of_orbax_saved_checkpoints(tmp_path):
+    tree = _tree(np.dtype(np.float16))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp_path / "params", _nested({p: jnp.asarray(a) for p, a in tree.items()}))
+    ckptr.wait_until_finished()
+    r = ParamsReader(tmp_path / "params")
+    for p, a in tree.items():
+        for box in _boxes(a.shape):
+            assert r.read_box(p, box).tobytes() == a[tuple(slice(s, e) for s, e in box)].tobytes()
+
+
 def test_writer_errors_and_incomplete_checkpoints(tmp_path):
     a = np.zeros((2, 3), np.float32)
     w = ParamsWriter(tmp_path / "p", {("x", "layers", "k"): ((2, 3), np.float32, True),
@@ -124,7 +157,7 @@ def test_chunk_shape():
     assert np.prod(big) * 2 <= CHUNK_BYTES and big[1] == 4096
 
 
-# -- restore_params through load_pretrained --------------------------------------------------------
+# -- JaxSource + stream_params through load_pretrained --------------------------------------------------
 @pytest.fixture(scope="module")
 def std_jax(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
@@ -191,3 +224,60 @@ def test_restore_rejects_shapes_that_disagree_with_config(std_jax, tmp_path):
     with pytest.raises(ValueError, match=r"llm.decoder.layers.mlp.down_proj.kernel has shape \(2, 128, 64\), but "
                                          r"config.json gives \(2, 96, 64\)"):
         load_pretrained(d)
+
+
+# -- damaged checkpoints: one line naming the param, the file and the cause -----------------------------
+def _damaged(std_jax, tmp_path, damage):
+    d = tmp_path / "damaged"
+    shutil.copytree(std_jax[0], d)
+    damage(d / PARAMS_DIR)
+    return d
+
+
+def _one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+def test_missing_chunk_file(std_jax, tmp_path):
+    d = _damaged(std_jax, tmp_path, lambda p: (p / "llm.lm_head" / "0.0").unlink())
+    with pytest.raises(FileNotFoundError) as e:
+        load_pretrained(d)
+    assert "param llm.lm_head: chunk file " in _one_line(e) and "0.0 is missing" in str(e.value)
+
+
+def test_truncated_chunk_file(std_jax, tmp_path):
+    def cut(p):
+        f = p / "llm.decoder.layers.mlp.up_proj.kernel" / "1.0.0"
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError) as e:
+        load_pretrained(_damaged(std_jax, tmp_path, cut))
+    assert "param llm.decoder.layers.mlp.up_proj.kernel: chunk file" in _one_line(e)
+    assert "1.0.0 has 100 bytes, expected" in str(e.value) and "truncated" in str(e.value)
+
+
+def test_damaged_metadata_files(std_jax, tmp_path):
+    d = _damaged(std_jax, tmp_path, lambda p: (p / "llm.norm.scale" / ".zarray").write_text("{oops"))
+    with pytest.raises(ValueError, match=r"llm.norm.scale/.zarray is damaged \(JSONDecodeError") as e:
+        load_pretrained(d)
+    _one_line(e)
+    (d / PARAMS_DIR / "_METADATA").write_text('{"tree_metadata": 3}')
+    with pytest.raises(ValueError, match=r"_METADATA is damaged \(not orbax tree metadata") as e:
+        load_pretrained(d)
+    _one_line(e)
+
+
+def test_damaged_training_checkpoint_is_one_line(tmp_path):
+    """orbax's OCDBT layout (tensorstore): the cause in one line, not tensorstore's multi-line dump."""
+    tree = _tree(np.dtype(np.float16))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp_path / "params", _nested({p: jnp.asarray(a) for p, a in tree.items()}))
+    ckptr.wait_until_finished()
+    for f in (tmp_path / "params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # OCDBT data files
+            f.write_bytes(f.read_bytes()[:10])
+    r = ParamsReader(tmp_path / "params")
+    with pytest.raises(ValueError, match=r"param (enc|emb|head)\S* cannot be (read|opened): ") as e:
+        for p in tree:
+            r.read(p)
+    _one_line(e)

@@ -90,7 +90,7 @@ def test_writer_output_is_read_back_by_the_safetensors_package(tmp_path):
     """Tensors added out of order, of several dtypes (bfloat16 through ml_dtypes), with metadata: the official
     reader (and a torch load) sees exactly the arrays written."""
     import ml_dtypes
-    import torch
+    torch = pytest.importorskip("torch")  # absent where the inference-only set is checked (jax 0.11, no torch)
     from safetensors import safe_open
     from safetensors.torch import load_file as torch_load
 
@@ -116,3 +116,62 @@ def test_writer_output_is_read_back_by_the_safetensors_package(tmp_path):
         np.testing.assert_array_equal(reader.read("model.a.weight"), TENSORS["model.a.weight"])
         assert reader.shape_dtype("bf16") == ((3, 5), "BF16")
     assert safetensors_dtype(np.float16) == "F16" and numpy_dtype("BF16") == np.dtype(ml_dtypes.bfloat16)
+
+
+def test_read_box_reads_only_the_box(tmp_path):
+    save_file(TENSORS, str(tmp_path / "model.safetensors"))
+    with CheckpointReader(tmp_path) as reader:
+        got = reader.read_box("lm_head.weight", ((2, 5), (1, 3)))
+        np.testing.assert_array_equal(got, TENSORS["lm_head.weight"][2:5, 1:3])
+        assert reader.bytes_read == 3 * 2 * 4
+        reader.read("model.c.weight")
+        assert reader.bytes_read == 24 + 8 * 2
+
+
+def _truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+
+
+def test_truncated_file_names_the_file_and_the_first_cut_tensor(tmp_path):
+    save_file(TENSORS, str(tmp_path / "model.safetensors"))
+    path = tmp_path / "model.safetensors"
+    with CheckpointReader(tmp_path) as reader:
+        last = reader.names()[-1]  # storage order
+    _truncate(path, -10)
+    with pytest.raises(ValueError, match=rf"model.safetensors: truncated: tensor '{last}' ends at byte \d+ but the "
+                                         r"file has \d+ bytes"):
+        CheckpointReader(tmp_path)
+    _truncate(path, 5)
+    with pytest.raises(ValueError, match=r"model.safetensors: 5 bytes, too short for a safetensors file"):
+        CheckpointReader(tmp_path)
+
+
+def test_truncated_header_and_garbage(tmp_path):
+    save_file(TENSORS, str(tmp_path / "model.safetensors"))
+    path = tmp_path / "model.safetensors"
+    _truncate(path, 40)
+    with pytest.raises(ValueError, match=r"model.safetensors: the header length field says \d+ bytes but the file "
+                                         r"has 32 after it"):
+        CheckpointReader(tmp_path)
+    path.write_bytes((20).to_bytes(8, "little") + b"{not json at all....")
+    with pytest.raises(ValueError, match="model.safetensors: the safetensors header is not valid JSON"):
+        CheckpointReader(tmp_path)
+
+
+def test_truncated_shard_of_a_sharded_checkpoint(tmp_path):
+    split = _sharded(tmp_path)
+    second = sorted(split)[1]
+    _truncate(tmp_path / second, -1)
+    with pytest.raises(ValueError, match=rf"{second}: truncated: tensor '(lm_head|model.c).weight'"):
+        CheckpointReader(tmp_path)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
+    _sharded(tmp_path)
+    index = json.loads((tmp_path / INDEX_NAME).read_text())
+    index["weight_map"]["model.extra.weight"] = "model-00001-of-00002.safetensors"
+    (tmp_path / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"maps tensor 'model.extra.weight' to model-00001-of-00002.safetensors, "
+                                         r"whose header does not have it"):
+        CheckpointReader(tmp_path)

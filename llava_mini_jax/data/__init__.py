@@ -7,6 +7,14 @@ random access), `features` (sample -> ids, labels, pixels), `order` (epochs, gro
 `tfds_builder` (ArrayRecord packing).
 """
 from llava_mini_jax.data.config import DataConfig
-from llava_mini_jax.data.pipeline import TrainIterator, make_train_pipeline
 
 __all__ = ["DataConfig", "TrainIterator", "make_train_pipeline"]
+
+
+def __getattr__(name):
+    """`TrainIterator` / `make_train_pipeline` on first use: the pipeline needs grain, which
+    `import llava_mini_jax.data` (e.g. for `features` at inference) does not."""
+    if name in ("TrainIterator", "make_train_pipeline"):
+        from llava_mini_jax.data import pipeline
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,13 +29,14 @@ import logging
 import os
 from typing import Any, Union
 
-import grain.python as grain
-
 from llava_mini_jax.data.batching import BatchInfo, collate, pixel_shape
 from llava_mini_jax.data.config import DataConfig
 from llava_mini_jax.data.features import MASKED_REASONS, SampleProcessor
 from llava_mini_jax.data.order import BatchOrder
 from llava_mini_jax.data.sources import JsonSource, TfdsSource, is_tfds_dir
+from llava_mini_jax.optional_deps import require
+
+grain = require("grain.python", "the training data pipeline (llava_mini_jax.data.pipeline)")
 
 logger = logging.getLogger(__name__)
 

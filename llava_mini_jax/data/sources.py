@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from llava_mini_jax.data.records import KIND_CODES, RecordTable, load_records, record_kind
+from llava_mini_jax.optional_deps import require
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ class TfdsSource:
 
 def open_tfds_split(data_dir: str, split: str):
     """The split's random-access data source (`tfds.builder_from_directory`)."""
-    import tensorflow_datasets as tfds
-
+    tfds = require("tensorflow_datasets", "reading TFDS-packed training data")
     builder = tfds.builder_from_directory(data_dir)
     if split not in builder.info.splits:
         raise ValueError(f"TFDS dataset {data_dir!r} has no split {split!r}; it has "

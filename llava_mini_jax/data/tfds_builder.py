@@ -32,11 +32,13 @@ import os
 from typing import Sequence, Union
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
 
 from llava_mini_jax.data.records import load_records, record_kind, sample_id
 from llava_mini_jax.data.sources import write_index
+from llava_mini_jax.optional_deps import require
+
+tfds = require("tensorflow_datasets", "packing a LLaVA json into TFDS (llava_mini_jax.data.tfds_builder)")
 
 logger = logging.getLogger(__name__)
 
