@@ -6,7 +6,7 @@
 Builds the synthetic LLaVA-Mini HF checkpoint of `benchmarks.conversion` (float16, about `--gb`
 GB in `--shards` safetensors shards), then loads it with `load_pretrained(dir, dtype=--dtype)` in
 a fresh subprocess that reports its resident memory before the call (imports done), its peak
-(`ru_maxrss`) and after, the bytes of the loaded params, the bytes read from the safetensors and
+(`VmHWM`) and after, the bytes of the loaded params, the bytes read from the safetensors and
 the wall time.
 
 On the CPU backend the loaded params themselves live in host memory, so the figure the bound
@@ -40,6 +40,19 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory: `VmHWM` (per address space, so a parent's larger peak
+    does not leak in through fork + exec as it does into `ru_maxrss`), else `ru_maxrss`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(directory: str, dtype: str) -> dict:
     """Runs in the measured subprocess: one `load_pretrained`, its memory and time."""
     import jax
@@ -58,7 +71,7 @@ def child(directory: str, dtype: str) -> dict:
     _, params = loading.load_pretrained(directory, dtype=jnp.dtype(dtype))
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss_bytes()
     return dict(before=before, peak=peak, after=_rss_bytes(), seconds=seconds, bytes_read=sum(reads),
                 params_bytes=sum(a.nbytes for a in jax.tree.leaves(params)))
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .array_file import Box, box_slices, full_box
+from .array_file import Box
 from .config import LlavaMiniConfig, projector_layers
 
 Path = tuple[str, ...]
@@ -116,8 +116,17 @@ class LeafLayout:
         return self.select(read_box(self.hf_box(hf_shape, box)[0]), hf_shape, box, out)
 
     def apply(self, a: np.ndarray) -> np.ndarray:
-        """The whole leaf of HF tensor `a`."""
-        return self.read(lambda b: a[box_slices(b)], a.shape, full_box(self.leaf_shape(a.shape)))
+        """The whole leaf of HF tensor `a`, C-contiguous: a view of `a` when its memory order
+        already is the leaf's (see `convert.fast_layout`), else one copy."""
+        shape = self.leaf_shape(a.shape)  # checks that parts and heads divide
+        view = a
+        if self.part is not None:
+            j, n = self.part
+            rows = a.shape[0] // n
+            view = view[j * rows:(j + 1) * rows]
+        if self.perm is not None:
+            view = view.transpose(self.perm)
+        return np.ascontiguousarray(view.reshape(shape))
 
 
 def _transpose_into(a: np.ndarray, out: np.ndarray) -> None:
