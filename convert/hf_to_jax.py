@@ -24,6 +24,7 @@ from llava_mini_jax.hf_weights import CLIP_PREFIX
 from llava_mini_jax.jax_checkpoint import PARAMS_DIR
 
 from .checkpoint_config import check_model_type, model_config, read_config, resolve_vision
+from .command import run
 from .dtypes import DTYPES, parse_dtype
 from .layout import check_source, expected_tensors, leaf_shapes
 from .params_sink import write_params
@@ -96,14 +97,11 @@ def main(argv=None) -> int:
                                            "lacks vision weights)")
     ap.add_argument("--no-scan-layers", action="store_true", help="store layers_{i} leaves instead of stacked ones")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work():
         convert_hf_to_jax(args.src, args.out, args.dtype, args.overwrite, args.allow_pickle, args.vision_tower,
                           scan_layers=not args.no_scan_layers)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(work)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from llava_mini_jax.initializers import fan_in_of, fresh_tensor, hf_rule
 from llava_mini_jax.loading import vision_section
 
 from .checkpoint_config import legacy_llm_config, read_config
+from .command import run
 from .dtypes import DTYPES, parse_dtype
 from .hf_writer import parse_size, write_config, write_hf_weights
 from .layout import check_source, expected_tensors, leaf_shapes
@@ -196,16 +197,13 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--allow-pickle", action="store_true", help="read PyTorch .bin weights (torch.load weights_only)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work():
         init_from_parts(args.llm, args.vision, args.out, args.projector, args.compressor_size, args.prefusion_layers,
                         args.seed, args.baseline, args.fmt, args.projector_type, args.vision_select_layer,
                         args.vision_tower_name, args.resolution_ratio, args.model_max_length, args.dtype,
                         args.max_shard_size, args.overwrite, args.allow_pickle)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(work)
 
 
 if __name__ == "__main__":

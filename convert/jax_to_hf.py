@@ -28,6 +28,7 @@ from llava_mini_jax.config import BUILTIN_VISION_CONFIGS
 from llava_mini_jax.jax_checkpoint import PARAMS_DIR, HFView, ParamsReader, leaf_name
 
 from .checkpoint_config import check_model_type, model_config, read_config, resolve_vision
+from .command import run
 from .dtypes import DTYPES, parse_dtype
 from .fast_layout import for_to_hf
 from .hf_writer import parse_size, write_config, write_hf_weights
@@ -146,13 +147,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work():
         convert_jax_to_hf(args.src, args.out, args.dtype, args.max_shard_size, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(work)
 
 
 if __name__ == "__main__":

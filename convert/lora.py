@@ -35,6 +35,7 @@ from llava_mini_jax.jax_checkpoint import PARAMS_DIR, ParamsReader, leaf_name, s
 from llava_mini_jax.lora import LORA_A, LORA_B, dequantize_np, is_adapter
 
 from .checkpoint_config import model_config, read_config, resolve_vision
+from .command import run
 from .jax_to_hf import convert_jax_to_hf
 from .staging import check_output, staged_output
 
@@ -175,16 +176,13 @@ def main(argv=None) -> int:
     ap.add_argument("--base-model", default=None, help="--peft: base_model_name_or_path to record")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work():
         if args.merged:
             export_merged(args.src, args.merged, args.alpha, args.dtype, args.max_shard_size, args.overwrite)
         else:
             export_peft(args.src, args.peft, args.alpha, args.base_model, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(work)
 
 
 if __name__ == "__main__":

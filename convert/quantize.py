@@ -39,6 +39,7 @@ from llava_mini_jax.quantize import (QUANTIZATION_FILE, MODES, QuantizeConfig, i
                                      stored_leaf)
 
 from .checkpoint_config import read_config, resolve_vision
+from .command import run
 from .dtypes import DTYPES, parse_dtype
 from .hf_to_jax import jax_config
 from .side_files import copy_side_files
@@ -105,15 +106,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-scan-layers", action="store_true", help="store layers_{i} leaves instead of stacked ones")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work():
         config = QuantizeConfig(args.mode, args.group_size, head=not args.no_head, vision=args.vision)
         quantize_checkpoint(args.src, args.out, config, args.dtype, args.overwrite,
                             scan_layers=not args.no_scan_layers)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(work)
 
 
 if __name__ == "__main__":
