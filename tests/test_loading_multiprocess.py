@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 
@@ -26,6 +24,7 @@ from llava_mini_jax import LlavaMini
 from llava_mini_jax.loading import abstract_params, load_pretrained
 from llava_mini_jax.sharding import make_mesh
 from llava_mini_jax.tiny import tiny_config, write_hf_checkpoint
+from processes import free_port, run_together
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METADATA_SLACK = 64 << 10  # config.json, safetensors headers, .zarray / orbax metadata files
@@ -72,12 +71,6 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("mp_load")
@@ -97,22 +90,11 @@ def results(tmp_path_factory):
     _, plain = load_pretrained(hf)
     want = d / "want.npz"
     np.savez(want, **{jax.tree_util.keystr(p): np.asarray(a) for p, a in jax.tree_util.tree_leaves_with_path(plain)})
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, f"localhost:{port}", str(i), str(want), hf,
-                               str(converted), str(orbax_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two loading processes did not finish")
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+    outs = run_together([[sys.executable, "-c", _WORKER, f"localhost:{port}", str(i), str(want), hf, str(converted),
+                          str(orbax_dir)] for i in range(2)], env, 300, "the two loading processes")
     return [json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]) for out in outs]
 
 

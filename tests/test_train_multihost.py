@@ -5,15 +5,12 @@ reduction (2 host devices each), and LLaVA json conversations of different lengt
 reduction (4 host devices each, mesh (1, 2, 4): each reference mean's rows sit on both processes)."""
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 
 import functools
 import jax
 import numpy as np
-import pytest
 import yaml
 from flax import traverse_util
 
@@ -21,6 +18,7 @@ from train.config import to_dict
 from train.loop import train
 from train.multihost import environment_wants_distributed
 from train.tiny import tiny_train_config, write_tiny_model
+from processes import free_port, run_together
 
 TOTAL = 6
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,35 +29,19 @@ def _model_json():
     return write_tiny_model(tempfile.mkdtemp(prefix="tiny_mini_"), "mini")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _run_two_processes(cfg: dict, tmp_path, devices_per_process: int, *overrides) -> str:
     """Runs `python -m train` as 2 processes of `devices_per_process` host devices; returns the run dir."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count="
                f"{devices_per_process} --xla_backend_optimization_level=0")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "train", "--config", str(path), f"checkpoint.dir={run_dir}", "logging.level=WARNING",
-         "distributed.initialize=always", f"distributed.coordinator_address=localhost:{port}",
-         "distributed.num_processes=2", f"distributed.process_id={i}", *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=400)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two training processes did not finish")
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+    run_together([[sys.executable, "-m", "train", "--config", str(path), f"checkpoint.dir={run_dir}",
+                   "logging.level=WARNING", "distributed.initialize=always",
+                   f"distributed.coordinator_address=localhost:{port}", "distributed.num_processes=2",
+                   f"distributed.process_id={i}", *overrides] for i in range(2)], env, 400,
+                 "the two training processes")
     return run_dir
 
 
