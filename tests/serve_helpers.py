@@ -1,8 +1,7 @@
 """What the engine and server tests share: one cache geometry (so compiled functions are reused
-across modules), the warm-up shapes, and small media files."""
+across modules), the warm-up shapes, and a small image (videos: `media.video_file`)."""
 from __future__ import annotations
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -13,20 +12,6 @@ VIDEO_FRAMES = 2  # `video_file()` samples to 2 frames at 1 fps
 def image(seed: int = 0, size=(30, 20)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def video_file(path, frames: int = 10, fps: int = 4, size=(24, 16)):
-    """A lossless FFV1 clip of `frames` frames at `fps` (2.5 s: 2 frames at 1 fps)."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "bgr0"
-        for i in range(frames):
-            arr = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def warm(engine, chat) -> None:

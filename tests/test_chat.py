@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +12,7 @@ from cli.main import main as cli_main
 from llava_mini_jax import IMAGE_TOKEN_INDEX
 from llava_mini_jax.chat import ChatSession, default_template
 from llava_mini_jax.generate import generate
+from media import video_file
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +30,6 @@ def image(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "red.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def write_video(path, frames=10, fps=4, size=(24, 16)):
-    """A lossless FFV1 clip, `frames` frames at `fps`."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "bgr0"
-        for i in range(frames):
-            arr = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
     return path
 
 
@@ -79,7 +65,7 @@ def test_ask_equals_generate_on_the_same_prompt(session, image):
 def test_video_stays_uint8_and_streams_to_the_same_answer(session, tmp_path):
     """`set_video` keeps uint8 frames (a quarter of float32's bytes) that `ask` streams to the device in
     chunks; the answer is the one float32 pixels give."""
-    video = write_video(tmp_path / "long.mkv", frames=20, fps=4)
+    video = video_file(tmp_path / "long.mkv", frames=20, fps=4)
     session.set_video(video)
     assert session.pixels.dtype == np.uint8 and session.pixels.shape == (5, 1, 16, 16, 3)
     floats = session.load_pixels(video=video)
@@ -91,7 +77,7 @@ def test_video_stays_uint8_and_streams_to_the_same_answer(session, tmp_path):
 
 
 def test_batch_answers_equal_single_answers(session, image, tmp_path):
-    video = write_video(tmp_path / "clip.mkv")
+    video = video_file(tmp_path / "clip.mkv")
     pixels = [session.load_pixels(image=image), None, session.load_pixels(video=video), session.load_pixels(image=image)]
     questions = ["Colour?", "What is two plus two?", "What happens?", "Is it big?"]
     batch = session.answer_batch(questions, pixels, max_new_tokens=5)
@@ -110,7 +96,7 @@ def test_cli_chat_one_prompt_prints_the_answer(ckpt, image, capsys):
 
 
 def test_cli_chat_interactive_video(ckpt, tmp_path):
-    video = write_video(tmp_path / "v.mkv", frames=6, fps=3)
+    video = video_file(tmp_path / "v.mkv", frames=6, fps=3)
     r = subprocess.run([sys.executable, "-m", "cli", "chat", "--model", str(ckpt), "--video",
                         str(video), "--max-new-tokens", "3"], input="first?\nsecond?\n\n", capture_output=True,
                        text=True, timeout=300)

@@ -11,7 +11,8 @@ import pytest
 from llava_mini_jax.chat import eos_token_ids, prompt_ids
 from llava_mini_jax.engine import Engine, QueueFull, Request, SamplingParams, sample_rows
 from llava_mini_jax.generate import generate, next_token
-from serve_helpers import GEOMETRY, VIDEO_FRAMES, image, video_file, warm
+from media import video_file
+from serve_helpers import GEOMETRY, VIDEO_FRAMES, image, warm
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 REF_TOKENS = 12  # every reference `generate` call makes this many (one compile per shape, not per request)

@@ -12,7 +12,7 @@ from PIL import Image
 import eval_synthetic as synth
 from cli.main import main as cli_main
 from llava_mini_jax.eval import registry
-from test_chat import write_video
+from media import video_file
 
 BUILDERS = {
     "vqav2": synth.vqav2, "gqa": synth.gqa, "vizwiz": synth.vizwiz, "textvqa": synth.textvqa, "pope": synth.pope,
@@ -38,7 +38,7 @@ def _make_media_real(data_dir, bench, split):
                 Image.fromarray(np.full((12, 12, 3), 40 * k, np.uint8)).save(os.path.join(item.video, f"{k:05d}.jpg"))
         elif os.path.getsize(item.video) == 0:
             os.remove(item.video)
-            write_video(item.video, frames=6, fps=3)
+            video_file(item.video, frames=6, fps=3)
 
 
 def test_every_benchmark_has_a_builder():

@@ -24,7 +24,8 @@ from llava_mini_jax.chat import ChatSession, prompt_ids
 from llava_mini_jax.engine import Engine
 from serve.app import create_app
 from serve.service import ChatService, ServeOptions
-from serve_helpers import GEOMETRY, image, video_file, warm
+from media import video_file
+from serve_helpers import GEOMETRY, image, warm
 
 KEY = "test-key"
 ANSWER_TOKENS = 12  # the server's default max_tokens here, and ChatSession's max_new_tokens
